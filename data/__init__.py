@@ -1,0 +1,1 @@
+"""Driving data: preprocessing to the networks' views, the HDF5 store, synthetic drives, Udacity ingest."""

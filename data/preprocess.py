@@ -1,0 +1,87 @@
+"""Camera frame -> network view, as in the VisualBackProp paper's Udacity preprocessing.
+
+Every source is first brought to the Udacity center camera's 640x480 geometry (a wider frame loses
+its sides, a taller one its top, then it is resized), converted to gray, and the lower part is cropped
+and scaled: 640x135 for NetSVF ("svf"), 351x135 for NetHVF ("hvf"), whose crop is 246 rows, about
+twice the vertical field of view, scaled down by 351/640.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+REFERENCE_W, REFERENCE_H = 640, 480
+
+
+@dataclass(frozen=True)
+class View:
+    """A network view: rows [top, bottom) of the 640x480 reference frame, full width, scaled to width x height."""
+
+    name: str
+    width: int
+    height: int
+    top: int
+    bottom: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+VIEWS = {
+    "svf": View("svf", 640, 135, 255, 390),
+    "hvf": View("hvf", 351, 135, 190, 436),
+}
+
+
+def view_for(name_or_width, height: int = 135) -> View:
+    """A view by name ("svf"/"hvf"), with its height changed if asked (the crop keeps its bottom row)."""
+    v = VIEWS[name_or_width]
+    if height == v.height:
+        return v
+    rows = round((v.bottom - v.top) * height / v.height)
+    return View(v.name, v.width, height, v.bottom - rows, v.bottom)
+
+
+def to_reference(frame: np.ndarray) -> np.ndarray:
+    """Crop to 4:3 (centre of a wide frame, bottom of a tall one) and resize to 640x480."""
+    h, w = frame.shape[:2]
+    if w * 3 > h * 4:
+        cw = h * 4 // 3
+        x0 = (w - cw) // 2
+        frame = frame[:, x0:x0 + cw]
+    elif w * 3 < h * 4:
+        ch = w * 3 // 4
+        frame = frame[h - ch:]
+    if frame.shape[:2] != (REFERENCE_H, REFERENCE_W):
+        frame = cv2.resize(frame, (REFERENCE_W, REFERENCE_H), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """BGR/BGRA/gray uint8 -> gray uint8 (H,W)."""
+    if frame.ndim == 2:
+        return frame
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        return frame[:, :, 0]
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY)
+    raise ValueError(f"expected a gray or BGR image, got an array of shape {frame.shape}")
+
+
+def crop_view(reference: np.ndarray, view: View) -> np.ndarray:
+    """The view's rows of a 640x480 reference frame, scaled to the view size (any channel count)."""
+    band = reference[view.top:view.bottom]
+    if band.shape[:2] == (view.height, view.width):
+        return np.ascontiguousarray(band)
+    return cv2.resize(band, (view.width, view.height), interpolation=cv2.INTER_AREA)
+
+
+def prepare(frame: np.ndarray, view: View) -> np.ndarray:
+    """Any camera frame (BGR or gray, any size) -> the view's gray uint8 image (height, width)."""
+    if frame is None or frame.size == 0:
+        raise ValueError("empty frame")
+    return crop_view(to_reference(to_gray(frame)), view)

@@ -1,0 +1,153 @@
+"""The conv -> ReLU chain of a network: which maps VBP averages and how to upscale between them.
+
+One description (`Chain`) serves VBP in torch, the LRP walk and the ONNX export/analysis, so they
+cannot drift apart. For torch modules the chain is found by running one forward pass with hooks on
+every leaf module (execution order, not registration order).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+@dataclass(frozen=True)
+class SpatialOp:
+    """A geometry-changing op between two maps: a convolution or a pooling window.
+
+    `in_hw` / `out_hw` are the spatial sizes around it in the traced forward pass.
+    `padding` is (top, left, bottom, right).
+    """
+
+    kind: str  # "conv" | "pool"
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    in_hw: tuple
+    out_hw: tuple
+
+
+@dataclass
+class MapLink:
+    """One post-ReLU conv map and the spatial ops that lead to it from the previous map (or the input)."""
+
+    name: str
+    shape: tuple  # (C, H, W)
+    ops: tuple  # SpatialOp, in forward order
+
+
+@dataclass
+class Chain:
+    input_shape: tuple  # (C, H, W)
+    links: list = field(default_factory=list)
+
+    @property
+    def names(self) -> list:
+        return [link.name for link in self.links]
+
+
+def conv_padding(module) -> tuple:
+    """(top, left, bottom, right) padding of a Conv2d, including padding='same'/'valid'."""
+    k, d = _pair(module.kernel_size), _pair(module.dilation)
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return (0, 0, 0, 0)
+        total = [di * (ki - 1) for ki, di in zip(k, d)]  # 'same' (stride 1): extra on the bottom/right
+        return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+    ph, pw = _pair(module.padding)
+    return (ph, pw, ph, pw)
+
+
+def spatial_op(module, in_hw, out_hw) -> SpatialOp | None:
+    """The SpatialOp of a torch module, or None when it keeps the geometry (BN, ReLU, Dropout...)."""
+    if isinstance(module, nn.Conv2d):
+        return SpatialOp("conv", _pair(module.kernel_size), _pair(module.stride), conv_padding(module),
+                         _pair(module.dilation), tuple(in_hw), tuple(out_hw))
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        k = _pair(module.kernel_size)
+        s = _pair(module.stride if module.stride is not None else module.kernel_size)
+        ph, pw = _pair(module.padding)
+        d = _pair(getattr(module, "dilation", 1))
+        return SpatialOp("pool", k, s, (ph, pw, ph, pw), d, tuple(in_hw), tuple(out_hw))
+    return None
+
+
+GEOMETRY_KEEPING = (nn.BatchNorm2d, nn.ReLU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.LeakyReLU)
+
+
+@dataclass
+class TraceEntry:
+    name: str
+    module: nn.Module
+    input: torch.Tensor
+    output: torch.Tensor
+
+
+def trace(model: nn.Module, x: torch.Tensor, keep_tensors: bool = False):
+    """Run `model(x)` once with hooks on every leaf module; return (output, [TraceEntry] in execution order)."""
+    entries, handles = [], []
+    for name, m in model.named_modules():
+        if len(list(m.children())) == 0:
+            def hook(mod, inp, out, name=name):
+                i = inp[0] if inp else None
+                entries.append(TraceEntry(name, mod, i if keep_tensors else _shape_only(i),
+                                          out if keep_tensors else _shape_only(out)))
+            handles.append(m.register_forward_hook(hook))
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, entries
+
+
+def _shape_only(t):
+    return torch.empty(t.shape, device="meta") if isinstance(t, torch.Tensor) else t
+
+
+def chain_from_trace(entries, input_shape) -> Chain:
+    """Post-ReLU conv maps in execution order, with the spatial ops leading to each."""
+    chain = Chain(tuple(input_shape))
+    pending, seen_conv = [], False
+    for e in entries:
+        m = e.module
+        if e.input is None or e.input.dim() != 4:
+            break  # flatten / linear head: the conv chain is over
+        op = spatial_op(m, e.input.shape[-2:], e.output.shape[-2:])
+        if op is not None:
+            pending.append(op)
+            seen_conv |= op.kind == "conv"
+        elif isinstance(m, nn.ReLU) and seen_conv:
+            chain.links.append(MapLink(e.name, tuple(e.output.shape[1:]), tuple(pending)))
+            pending, seen_conv = [], False
+        elif not isinstance(m, GEOMETRY_KEEPING):
+            if e.output.dim() != 4:
+                break
+            if tuple(e.output.shape[-2:]) != tuple(e.input.shape[-2:]):
+                raise ValueError(f"layer {e.name} ({type(m).__name__}) changes the map size in a way "
+                                 "VisualBackProp cannot invert; supported: Conv2d, MaxPool2d, AvgPool2d")
+    return chain
+
+
+def find_chain(model: nn.Module, input_shape) -> Chain:
+    """Trace `model` on a zero input of `input_shape` (C,H,W) and return its conv/ReLU chain."""
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, entries = trace(model, x)
+    finally:
+        model.train(was_training)
+    chain = chain_from_trace(entries, input_shape)
+    if not chain.links:
+        raise ValueError("the model has no Conv2d followed by an nn.ReLU module: VisualBackProp needs "
+                         "post-ReLU convolutional feature maps (functional F.relu calls cannot be hooked)")
+    return chain

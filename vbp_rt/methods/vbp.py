@@ -1,0 +1,80 @@
+"""VisualBackProp (Bojarski et al., Section 3 and Figure 2).
+
+Average every post-ReLU conv map over channels; starting from the deepest, upscale with an all-ones
+transposed convolution of the layer's geometry, multiply point-wise with the next shallower average,
+repeat down to the input, normalize to [0,1]. The averages are taken by hooks during the forward
+pass that produces the prediction: no extra forward, no gradients.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from ..explain import Explanation, normalize01
+from ..graph import Chain, find_chain
+from ..upsample import ones_transposed_conv
+from . import register
+
+_CHAINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def chain_for(model, input_shape) -> Chain:
+    """The model's conv/ReLU chain for this input shape (traced once, then cached)."""
+    per_model = _CHAINS.setdefault(model, {})
+    key = tuple(input_shape)
+    if key not in per_model:
+        per_model[key] = find_chain(model, key)
+    return per_model[key]
+
+
+def _rescale(m: torch.Tensor) -> torch.Tensor:
+    """Divide each image by its max. VBP's final min-max makes the result scale-free, and this keeps
+    ten layers of products away from float underflow/overflow (and denormals)."""
+    peak = m.amax(dim=(1, 2), keepdim=True)
+    return m / torch.where(peak > 0, peak, torch.ones_like(peak))
+
+
+def backproject(averages: list, chain: Chain):
+    """Combine channel-averaged maps (shallow -> deep, each (N,h,w)) into the input-sized relevance.
+
+    Returns (relevance (N,H,W), intermediate masks deepest first, the last one at the input size).
+    """
+    m = averages[-1]
+    inter = [m]
+    for level in range(len(chain.links) - 1, -1, -1):
+        for op in reversed(chain.links[level].ops):
+            m = ones_transposed_conv(m, op)
+        if level > 0:
+            m = _rescale(m * averages[level - 1])
+        inter.append(m)
+    return m, inter
+
+
+def forward_with_averages(model, x, chain: Chain):
+    """One forward pass that also returns the channel mean of every post-ReLU conv map."""
+    modules = dict(model.named_modules())
+    averages = [None] * len(chain.links)
+
+    def make_hook(i):
+        def hook(_mod, _inp, out):
+            averages[i] = out.detach().mean(dim=1)
+        return hook
+
+    handles = [modules[link.name].register_forward_hook(make_hook(i)) for i, link in enumerate(chain.links)]
+    try:
+        with torch.no_grad():
+            pred = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return pred, averages
+
+
+@register("vbp")
+def visualbackprop(model, x, **_options) -> Explanation:
+    chain = chain_for(model, x.shape[1:])
+    pred, averages = forward_with_averages(model, x, chain)
+    relevance, inter = backproject(averages, chain)
+    return Explanation("vbp", pred, normalize01(relevance), relevance,
+                       {"names": chain.names, "averages": averages, "intermediate": inter})

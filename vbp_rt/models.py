@@ -1,0 +1,184 @@
+"""Steering and sign networks from one builder, checkpoints, and the shipped models.
+
+NetSVF / NetHVF follow Table 1 of Bojarski et al. (VisualBackProp): ten 3x3 convolutions without
+padding, strides 1,2,1,2,..., channels 32,32,48,48,64,64,96,96,128,128, each conv preceded by
+BatchNorm and followed by ReLU, then FC 1024-512-1 (steering wheel angle in degrees).
+
+Height: the paper's text says 135 rows, but the output sizes in its Table 1 (123x638, 61x318, ...,
+1x17) are only reproduced by 125 input rows. We default to 135 as the text says; `height` is a
+parameter (125 reproduces the table exactly).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "vbp-rt-checkpoint"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass
+class NetConfig:
+    """Everything needed to rebuild a network (stored in every checkpoint)."""
+
+    arch: str = "netsvf"
+    in_channels: int = 1
+    height: int = 135
+    width: int = 640
+    channels: tuple = (32, 32, 48, 48, 64, 64, 96, 96, 128, 128)
+    strides: tuple = ()  # empty: 1,2,1,2,...
+    kernel: int = 3
+    fc: tuple = (1024, 512)
+    outputs: int = 1
+    final_bn: bool = False
+    view: str = "svf"  # which store view (data.store) feeds this network
+    input_scale: float = 1.0 / 255.0  # uint8 pixel -> network input
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.channels = tuple(self.channels)
+        self.fc = tuple(self.fc)
+        self.strides = tuple(self.strides) or tuple(1 if i % 2 == 0 else 2 for i in range(len(self.channels)))
+        if len(self.strides) != len(self.channels):
+            raise ValueError(f"{len(self.strides)} strides for {len(self.channels)} conv layers")
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.in_channels, self.height, self.width)
+
+
+def netsvf_config(height: int = 135) -> NetConfig:
+    return NetConfig(arch="netsvf", height=height, width=640, view="svf")
+
+
+def nethvf_config(height: int = 135) -> NetConfig:
+    return NetConfig(arch="nethvf", height=height, width=351, view="hvf")
+
+
+def release_config() -> NetConfig:
+    """The original VisualBackProp release's steering model: 1x125x640 in [0,1]."""
+    return NetConfig(arch="release", height=125, width=640, channels=(8, 8, 16, 16, 24, 24, 36, 36, 48, 48),
+                     fc=(128, 16), final_bn=True, view="svf")
+
+
+def sign_config(classes: int = 43) -> NetConfig:
+    """The traffic-sign classifier of the paper's Table 2 (125x125; logits, LogSoftmax left to the loss)."""
+    return NetConfig(arch="sign", height=125, width=125, channels=(16, 16, 24, 24, 32, 32, 48, 48),
+                     fc=(64,), outputs=classes, view="sign")
+
+
+CONFIGS = {"netsvf": netsvf_config, "nethvf": nethvf_config, "release": release_config, "sign": sign_config}
+
+
+class ConvNet(nn.Module):
+    """BN -> Conv -> ReLU blocks, then an MLP head. `features` and `head` are plain Sequentials."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.config = cfg
+        layers, c_in = [], cfg.in_channels
+        for c_out, stride in zip(cfg.channels, cfg.strides):
+            layers += [nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, cfg.kernel, stride=stride), nn.ReLU()]
+            c_in = c_out
+        if cfg.final_bn:
+            layers.append(nn.BatchNorm2d(c_in))
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():
+            n_flat = self.features(torch.zeros(1, *cfg.input_shape)).numel()
+        head, n_in = [nn.Flatten()], n_flat
+        for n in cfg.fc:
+            head += [nn.Linear(n_in, n), nn.ReLU()]
+            n_in = n
+        head.append(nn.Linear(n_in, cfg.outputs))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def build(cfg: NetConfig | str, **overrides) -> ConvNet:
+    """Build a network from a config or an architecture name ("netsvf", "nethvf", "release", "sign")."""
+    if isinstance(cfg, str):
+        if cfg not in CONFIGS:
+            raise ValueError(f"unknown architecture {cfg!r}; known: {', '.join(CONFIGS)}")
+        cfg = CONFIGS[cfg](**{k: v for k, v in overrides.items() if k == "height"})
+        for k, v in overrides.items():
+            if k != "height":
+                setattr(cfg, k, v)
+        cfg.__post_init__()
+    return ConvNet(cfg)
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def checkpoint_dict(model: ConvNet, half: bool = False, **extra) -> dict:
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+             for k, v in model.state_dict().items()}
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "config": asdict(model.config), "state_dict": state, **extra}
+
+
+def save_checkpoint(path, model: ConvNet, half: bool = False, **extra) -> None:
+    """Write a checkpoint atomically; `extra` (optimizer state, epoch, metrics...) is stored alongside."""
+    atomic_torch_save(checkpoint_dict(model, half=half, **extra), path)
+
+
+def read_checkpoint(path) -> dict:
+    """Load a checkpoint dict, with a clear error when the file is missing or not a vbp-rt checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated/corrupt files
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch file: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a vbp-rt checkpoint (expected a dict with format={CHECKPOINT_FORMAT!r})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> ConvNet:
+    model = ConvNet(NetConfig(**ckpt["config"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    return model.eval()
+
+
+def shipped_models() -> dict:
+    """Names of the models shipped with the package -> checkpoint path."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt"))}
+
+
+def resolve_model_path(name_or_path) -> Path:
+    """A shipped model name ("netsvf", "nethvf") or a path to a checkpoint / ONNX file."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = shipped_models()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise FileNotFoundError(f"no model file {name_or_path!r} and no shipped model of that name "
+                            f"(shipped: {', '.join(shipped) or 'none'})")
+
+
+def load_model(name_or_path) -> ConvNet:
+    """Load a torch model from a checkpoint path or a shipped model name, in eval mode."""
+    return model_from_checkpoint(read_checkpoint(resolve_model_path(name_or_path)))
