@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny networks, the shared real footage, GPU skips."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """../shared/data/real (small real highway clips and frames); skip when this checkout has none."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"no shared real footage at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture
+def cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    return torch.device("cuda")
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters (eval mode)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
