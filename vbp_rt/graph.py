@@ -138,7 +138,8 @@ def chain_from_trace(entries, input_shape) -> Chain:
 def find_chain(model: nn.Module, input_shape) -> Chain:
     """Trace `model` on a zero input of `input_shape` (C,H,W) and return its conv/ReLU chain."""
     p = next(model.parameters(), None)
-    x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu")
+    x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu",
+                    dtype=p.dtype if p is not None else torch.float32)
     was_training = model.training
     model.eval()
     try:
@@ -146,7 +147,11 @@ def find_chain(model: nn.Module, input_shape) -> Chain:
             _, entries = trace(model, x)
     finally:
         model.train(was_training)
-    chain = chain_from_trace(entries, input_shape)
+    return require_maps(chain_from_trace(entries, input_shape))
+
+
+def require_maps(chain: Chain) -> Chain:
+    """The chain itself, or a ValueError explaining why VisualBackProp does not apply."""
     if not chain.links:
         raise ValueError("the model has no Conv2d followed by an nn.ReLU module: VisualBackProp needs "
                          "post-ReLU convolutional feature maps (functional F.relu calls cannot be hooked)")
