@@ -44,16 +44,21 @@ def view_for(name_or_width, height: int = 135) -> View:
     return View(v.name, v.width, height, v.bottom - rows, v.bottom)
 
 
-def to_reference(frame: np.ndarray) -> np.ndarray:
-    """Crop to 4:3 (centre of a wide frame, bottom of a tall one) and resize to 640x480."""
-    h, w = frame.shape[:2]
+def reference_region(h: int, w: int) -> tuple:
+    """(x0, y0, width, height) of the 4:3 part of an h x w frame: the centre of a wide frame, the bottom of a tall one."""
     if w * 3 > h * 4:
         cw = h * 4 // 3
-        x0 = (w - cw) // 2
-        frame = frame[:, x0:x0 + cw]
-    elif w * 3 < h * 4:
+        return (w - cw) // 2, 0, cw, h
+    if w * 3 < h * 4:
         ch = w * 3 // 4
-        frame = frame[h - ch:]
+        return 0, h - ch, w, ch
+    return 0, 0, w, h
+
+
+def to_reference(frame: np.ndarray) -> np.ndarray:
+    """Crop to 4:3 (`reference_region`) and resize to 640x480."""
+    x0, y0, cw, ch = reference_region(*frame.shape[:2])
+    frame = frame[y0:y0 + ch, x0:x0 + cw]
     if frame.shape[:2] != (REFERENCE_H, REFERENCE_W):
         frame = cv2.resize(frame, (REFERENCE_W, REFERENCE_H), interpolation=cv2.INTER_AREA)
     return frame
@@ -70,6 +75,13 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 3 and frame.shape[2] == 4:
         return cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY)
     raise ValueError(f"expected a gray or BGR image, got an array of shape {frame.shape}")
+
+
+def view_box(frame_shape, view: View) -> tuple:
+    """(x0, y0, x1, y1): the rectangle of a frame of this shape that `prepare` turns into the view."""
+    x0, y0, cw, ch = reference_region(*frame_shape[:2])
+    scale = ch / REFERENCE_H
+    return x0, y0 + round(view.top * scale), x0 + cw, y0 + round(view.bottom * scale)
 
 
 def crop_view(reference: np.ndarray, view: View) -> np.ndarray:
