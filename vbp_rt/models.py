@@ -88,8 +88,10 @@ class ConvNet(nn.Module):
         if cfg.final_bn:
             layers.append(nn.BatchNorm2d(c_in))
         self.features = nn.Sequential(*layers)
+        self.features.eval()  # the size probe must not touch BatchNorm running statistics
         with torch.no_grad():
             n_flat = self.features(torch.zeros(1, *cfg.input_shape)).numel()
+        self.features.train()
         head, n_in = [nn.Flatten()], n_flat
         for n in cfg.fc:
             head += [nn.Linear(n_in, n), nn.ReLU()]

@@ -12,7 +12,7 @@ import weakref
 import torch
 
 from ..explain import Explanation, normalize01
-from ..graph import Chain, find_chain
+from ..graph import Chain, chain_from_trace, find_chain, require_maps, trace
 from ..upsample import ones_transposed_conv
 from . import register
 
@@ -26,6 +26,25 @@ def chain_for(model, input_shape) -> Chain:
     if key not in per_model:
         per_model[key] = find_chain(model, key)
     return per_model[key]
+
+
+def _first_forward(model, x):
+    """Find the chain and the averages in one forward (the first call for a model and input shape)."""
+    means, handles = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ReLU):
+            handles.append(m.register_forward_hook(
+                lambda _m, _i, out, name=name: means.__setitem__(name, out.detach().mean(dim=1))
+                if out.dim() == 4 else None))
+    try:
+        with torch.no_grad():
+            pred, entries = trace(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    chain = require_maps(chain_from_trace(entries, tuple(x.shape[1:])))
+    _CHAINS.setdefault(model, {})[tuple(x.shape[1:])] = chain
+    return pred, [means[name] for name in chain.names], chain
 
 
 def _rescale(m: torch.Tensor) -> torch.Tensor:
@@ -73,8 +92,11 @@ def forward_with_averages(model, x, chain: Chain):
 
 @register("vbp")
 def visualbackprop(model, x, **_options) -> Explanation:
-    chain = chain_for(model, x.shape[1:])
-    pred, averages = forward_with_averages(model, x, chain)
+    chain = _CHAINS.get(model, {}).get(tuple(x.shape[1:]))
+    if chain is None:
+        pred, averages, chain = _first_forward(model, x)
+    else:
+        pred, averages = forward_with_averages(model, x, chain)
     relevance, inter = backproject(averages, chain)
     return Explanation("vbp", pred, normalize01(relevance), relevance,
                        {"names": chain.names, "averages": averages, "intermediate": inter})
