@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 
 REGISTRY: dict = {}
-_BUILTIN = ("vbp", "lrp")
+_BUILTIN = ("vbp", "lrp", "saliency", "guided", "deconvnet", "gradxinput", "gradcam", "affine")
 
 
 def register(name: str):
