@@ -36,6 +36,7 @@ class NetConfig:
     fc: tuple = (1024, 512)
     outputs: int = 1
     final_bn: bool = False
+    batchnorm: bool = True  # False: no BatchNorm before the convs (Chen et al.'s with/without BN comparison)
     view: str = "svf"  # which store view (data.store) feeds this network
     input_scale: float = 1.0 / 255.0  # uint8 pixel -> network input
     extra: dict = field(default_factory=dict)
@@ -83,7 +84,8 @@ class ConvNet(nn.Module):
         self.config = cfg
         layers, c_in = [], cfg.in_channels
         for c_out, stride in zip(cfg.channels, cfg.strides):
-            layers += [nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, cfg.kernel, stride=stride), nn.ReLU()]
+            layers += ([nn.BatchNorm2d(c_in)] if cfg.batchnorm else []) + [
+                nn.Conv2d(c_in, c_out, cfg.kernel, stride=stride), nn.ReLU()]
             c_in = c_out
         if cfg.final_bn:
             layers.append(nn.BatchNorm2d(c_in))
