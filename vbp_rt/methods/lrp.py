@@ -172,6 +172,9 @@ def output_relevance(pred: torch.Tensor, target) -> torch.Tensor:
 
 @register("lrp")
 def epsilon_lrp(model, x, eps: float = 100.0, target=None, bn: str = "fold", **_options) -> Explanation:
+    """Explanation.relevance is float64: with eps=100 on a small-activation model the true relevance
+    can sink below float32's range; the walk rescales each layer's relevance per image (eps-LRP is
+    linear in R for a fixed forward) and keeps the scale in float64."""
     if bn not in ("fold", "affine"):
         raise ValueError(f"bn must be 'fold' or 'affine', got {bn!r}")
     torch.set_flush_denormal(True)  # relevance sinking into denormals slows CPU arithmetic many times
@@ -179,9 +182,17 @@ def epsilon_lrp(model, x, eps: float = 100.0, target=None, bn: str = "fold", **_
         pred, entries = trace(model, x, keep_tensors=True)
         layers = build_layers(entries, bn)
         r = output_relevance(pred, target)
+        log_scale = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         for layer in reversed(layers):
             r = relevance_step(layer, r, eps)
-    relevance = r.sum(dim=1)
-    peak = relevance.abs().amax(dim=(1, 2), keepdim=True)
-    mask = (relevance.abs() / torch.where(peak > 0, peak, torch.ones_like(peak))).float()
-    return Explanation("lrp", pred, mask, relevance, {"eps": eps, "input_relevance": r})
+            if layer.kind != "pass":
+                peak = r.abs().flatten(1).amax(dim=1)
+                peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+                r = r / peak.view(-1, *([1] * (r.dim() - 1)))
+                log_scale += torch.log(peak.double())
+    unit = r.sum(dim=1)
+    relevance = unit.double() * torch.exp(log_scale).view(-1, 1, 1)
+    peak = unit.abs().amax(dim=(1, 2), keepdim=True)
+    mask = (unit.abs() / torch.where(peak > 0, peak, torch.ones_like(peak))).float()
+    return Explanation("lrp", pred, mask, relevance, {"eps": eps, "input_relevance_unit": r,
+                                                      "log_scale": log_scale})
