@@ -1,0 +1,115 @@
+"""`vbp view [SOURCE]`: the live viewer, or `--headless --out overlay.mp4` without a window."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DEMO_FRAMES = 600
+DEMO_SEED = 7
+
+
+def add_parser(sub) -> None:
+    from vbp_rt.overlay import COLORMAPS
+    p = sub.add_parser(
+        "view", help="watch what a driving network looks at: video, camera, drive or image folder, live",
+        description="Play a source through a steering network and show, frame by frame, the VisualBackProp and "
+                    "LRP masks, the predicted (and true) steering angle and the time each stage takes. "
+                    "Keys: Space play/pause, Left/Right step, F1 help. Without a display use --headless.",
+    )
+    p.add_argument("source", nargs="?",
+                   help="a video file, a camera index (0), an HDF5 drive from `vbp data`, or an image folder; "
+                        "default: the embedded synthetic drive (generated on first use into $VBP_RT_CACHE, "
+                        "default ~/.cache/vbp-rt)")
+    p.add_argument("--model", default="netsvf", help="shipped model name or checkpoint/ONNX path (default netsvf)")
+    p.add_argument("--backend", default="auto", help="ort-cpu, ort-cuda, torch-cpu, torch-cuda or auto (default)")
+    p.add_argument("--methods", default="vbp,lrp", help="comma-separated attribution methods (default vbp,lrp)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", dest="realtime", action="store_true", default=None,
+                      help="play files at their frame rate, dropping frames inference cannot keep up with "
+                           "(default in the window)")
+    pace.add_argument("--fast", dest="realtime", action="store_false",
+                      help="process every frame as fast as possible (default with --headless)")
+    p.add_argument("--speed", type=float, default=1.0, help="playback speed factor in real-time mode (default 1)")
+    p.add_argument("--opacity", type=float, default=0.7, help="mask overlay opacity, 0..1 (default 0.7)")
+    p.add_argument("--colormap", default="red", choices=sorted(COLORMAPS), help="mask colours (default red)")
+    p.add_argument("--headless", action="store_true", help="no window: write the overlaid video and a timing summary")
+    p.add_argument("--out", help="with --headless: the overlaid video to write (.mp4, mp4v)")
+    p.add_argument("--summary", help="with --headless: timing summary JSON (default: OUT with .json)")
+    p.add_argument("--frames", type=int, help="with --headless: stop after this many frames (needed for a camera)")
+    p.add_argument("--save-dir", default=".", help="folder for snapshots and recordings (default: current folder)")
+    p.add_argument("--monitor", metavar="RUN_DIR", help="also open the training monitor on a `vbp train` run folder")
+    p.add_argument("--threads", type=int, help="engine threads (default: the backend's choice)")
+    p.set_defaults(func=run)
+
+
+def parse_methods(text: str) -> tuple:
+    from vbp_rt.methods import available
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    known = available()
+    unknown = [m for m in methods if m not in known]
+    if not methods or unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
+    return methods
+
+
+def default_drive() -> Path:
+    """The embedded synthetic drive, generated with `vbp data synth` the first time it is asked for."""
+    cache = Path(os.environ.get("VBP_RT_CACHE") or Path.home() / ".cache" / "vbp-rt")
+    path = cache / "demo_drive.h5"
+    if not path.exists():
+        print(f"vbp view: generating the synthetic demo drive ({DEMO_FRAMES} frames) into {path} ...",
+              file=sys.stderr)
+        cmd = [sys.executable, "-m", "vbp_rt.cli", "data", "synth", "--frames", str(DEMO_FRAMES),
+               "--seed", str(DEMO_SEED), "--out", str(path)]
+        if subprocess.call(cmd) != 0 or not path.exists():
+            raise OSError(f"could not generate the demo drive {path} (command: {' '.join(cmd)})")
+    return path
+
+
+def runtime_factory(model, threads=None):
+    """(backend, methods) -> Runtime for `model`."""
+    from .torch_runtime import Runtime
+
+    def make(backend, methods):
+        return Runtime(model, backend=backend, methods=tuple(methods), threads=threads)
+    return make
+
+
+def has_display() -> bool:
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform and platform not in ("xcb", "wayland"):
+        return True  # offscreen, vnc, eglfs...: Qt draws without an X/Wayland server
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run(args) -> int:
+    methods = parse_methods(args.methods)
+    if not 0.0 <= args.opacity <= 1.0:
+        raise ValueError(f"--opacity must be within 0..1, got {args.opacity}")
+    if args.speed <= 0:
+        raise ValueError(f"--speed must be positive, got {args.speed}")
+    if args.headless:
+        if not args.out:
+            raise ValueError("--headless needs --out FILE.mp4 for the overlaid video")
+        if args.monitor:
+            raise ValueError("--monitor needs the window; it cannot run with --headless")
+    elif not has_display():
+        raise ValueError("no display (DISPLAY is not set): run with --headless --out overlay.mp4, "
+                         "or set QT_QPA_PLATFORM=offscreen")
+    make = runtime_factory(args.model, args.threads)
+    runtime = make(args.backend, methods)
+    source_spec = args.source or default_drive()
+    from .sources import open_source
+    if args.headless:
+        from .headless import run_headless
+        source = open_source(source_spec, runtime.config.view)
+        summary = run_headless(source, runtime, args.out, methods=methods, realtime=bool(args.realtime),
+                               frames=args.frames, opacity=args.opacity, colormap=args.colormap,
+                               summary_path=args.summary)
+        return 1 if summary["errors"] or not summary["frames"] else 0
+    from .app import run_app
+    return run_app(make, runtime, source_spec, methods=methods, realtime=args.realtime is not False,
+                   speed=args.speed, opacity=args.opacity, colormap=args.colormap, save_dir=args.save_dir,
+                   monitor=args.monitor)

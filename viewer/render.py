@@ -1,0 +1,121 @@
+"""Pictures of a result: the frame with the crop outlined, one overlay per method, and the composite that
+headless mode, recording and snapshots write. Masks and colours come from `vbp_rt.overlay`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vbp_rt.overlay import overlay, to_bgr
+
+OUTLINE = (0, 220, 0)  # BGR
+TEXT = (255, 255, 255)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def frame_panel(image: np.ndarray, box) -> np.ndarray:
+    """The source frame (BGR) with the network's crop rectangle `box` (x0, y0, x1, y1) outlined."""
+    out = to_bgr(image).copy()
+    if box is not None:
+        x0, y0, x1, y1 = box
+        thick = max(1, out.shape[1] // 320)
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), OUTLINE, thick)
+    return out
+
+
+def method_panels(view_image: np.ndarray, masks: dict, opacity: float, colormap: str) -> dict:
+    """method -> the view image with that method's mask overlaid."""
+    return {name: overlay(view_image, mask, opacity=opacity, colormap=colormap) for name, mask in masks.items()}
+
+
+def _fit_width(image: np.ndarray, width: int) -> np.ndarray:
+    if image.shape[1] == width:
+        return image
+    height = max(1, round(image.shape[0] * width / image.shape[1]))
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _label(image: np.ndarray, text: str) -> np.ndarray:
+    (w, h), base = cv2.getTextSize(text, FONT, 0.5, 1)
+    cv2.rectangle(image, (0, 0), (w + 10, h + base + 8), (0, 0, 0), cv2.FILLED)
+    cv2.putText(image, text, (5, h + 4), FONT, 0.5, TEXT, 1, cv2.LINE_AA)
+    return image
+
+
+def hud_lines(result) -> list:
+    """Two lines of text: the angles, and this frame's engine timings with the rolling frame rate."""
+    first = f"frame {result.index}"
+    if result.angle is not None:
+        first += f"   predicted {result.angle:+.1f} deg"
+        if result.truth is not None:
+            first += f"   true {result.truth:+.1f} deg   error {result.angle - result.truth:+.1f} deg"
+    second = "   ".join(f"{k} {v:.1f} ms" for k, v in result.timings.items())
+    second += f"   {result.stats.get('fps', 0.0):.1f} frames/s   {result.backend}"
+    return [first, second]
+
+
+def composite(result, width: int = 640) -> np.ndarray:
+    """The frame on top, each method's overlay below it (labelled), and a text bar: one BGR image."""
+    parts = [_label(_fit_width(result.image, width).copy(), result.source)]
+    for name, panel in result.panels.items():
+        parts.append(_label(_fit_width(panel, width).copy(), name.upper()))
+    bar = np.zeros((44, width, 3), np.uint8)
+    for i, line in enumerate(hud_lines(result)):
+        cv2.putText(bar, line, (6, 17 + 20 * i), FONT, 0.45, TEXT, 1, cv2.LINE_AA)
+    parts.append(bar)
+    return np.vstack(parts)
+
+
+def _partial(path: Path) -> Path:
+    """A temporary name beside `path` that keeps its suffix (OpenCV picks the format from it)."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def write_image(path, image: np.ndarray) -> Path:
+    """Write an image atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial(path)
+    if not cv2.imwrite(str(tmp), image):
+        raise OSError(f"cannot write image {path} (unknown image suffix or unwritable folder)")
+    os.replace(tmp, path)
+    return path
+
+
+class VideoRecorder:
+    """Writes BGR frames to an mp4v video under a temporary name; `close()` renames it into place.
+
+    The size is taken from the first frame; later frames of another size are scaled to it.
+    """
+
+    def __init__(self, path, fps: float):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = _partial(self.path)
+        self.fps = fps
+        self.writer = None
+        self.size = None
+        self.frames = 0
+
+    def write(self, image: np.ndarray) -> None:
+        if self.writer is None:
+            self.size = (image.shape[1], image.shape[0])
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+            if not self.writer.isOpened():
+                self.writer = None
+                raise OSError(f"cannot write video {self.path} (OpenCV has no mp4v writer for this suffix)")
+        if (image.shape[1], image.shape[0]) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(image)
+        self.frames += 1
+
+    def close(self) -> Path | None:
+        """Finish the file; returns its path, or None when no frame was written."""
+        if self.writer is None:
+            return None
+        self.writer.release()
+        self.writer = None
+        os.replace(self.tmp, self.path)
+        return self.path
