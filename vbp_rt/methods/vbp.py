@@ -54,18 +54,24 @@ def _rescale(m: torch.Tensor) -> torch.Tensor:
     return m / torch.where(peak > 0, peak, torch.ones_like(peak))
 
 
-def backproject(averages: list, chain: Chain):
+def _combine(m: torch.Tensor, average: torch.Tensor) -> torch.Tensor:
+    return _rescale(m * average)
+
+
+def backproject(averages: list, chain: Chain, upscale=ones_transposed_conv, combine=_combine):
     """Combine channel-averaged maps (shallow -> deep, each (N,h,w)) into the input-sized relevance.
 
     Returns (relevance (N,H,W), intermediate masks deepest first, the last one at the input size).
+    `upscale(m, op)` and `combine(m, average)` are the torch steps; the ONNX export passes graph-building
+    ones, so the in-graph head follows this same loop.
     """
     m = averages[-1]
     inter = [m]
     for level in range(len(chain.links) - 1, -1, -1):
         for op in reversed(chain.links[level].ops):
-            m = ones_transposed_conv(m, op)
+            m = upscale(m, op)
         if level > 0:
-            m = _rescale(m * averages[level - 1])
+            m = combine(m, averages[level - 1])
         inter.append(m)
     return m, inter
 
