@@ -8,6 +8,10 @@ import sys
 # (module, ...) each exposing add_parser(subparsers); a subcommand is listed only when it works.
 SUBCOMMAND_MODULES = [
     "vbp_rt.explain_cmd",
+    "data.cli",
+    "vbp_rt.eval_cmd",
+    "trainer.cli",
+    "viewer.cli",
 ]
 
 
