@@ -9,8 +9,6 @@ import sys
 SUBCOMMAND_MODULES = [
     "vbp_rt.explain_cmd",
     "data.cli",
-    "vbp_rt.eval_cmd",
-    "trainer.cli",
     "viewer.cli",
 ]
 
