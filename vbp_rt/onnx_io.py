@@ -1,0 +1,450 @@
+"""ONNX export and in-graph heads: the network with its post-ReLU maps as outputs, VBP and LRP inside the graph.
+
+`append_vbp_head(model)` works on any ONNX ReLU CNN: the chain comes from `onnx_graph.find_chain`, and the
+head follows `vbp_rt.methods.vbp.backproject` step by step (channel mean, all-ones transposed convs of each
+layer's geometry, point-wise products, per-step rescale by the per-image max, final per-image min-max).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper, version_converter
+from torch import nn
+
+from . import methods, onnx_graph
+from .graph import Chain, SpatialOp
+from .graph import find_chain as find_torch_chain
+from .methods.vbp import backproject
+from .upsample import natural_size
+
+MAX_IR_VERSION = 10  # onnxruntime 1.31 refuses the IR version 14 that onnx 1.23's helper writes
+MIN_OPSET = 13  # the head's Reduce*/Pad/Slice forms; older models are converted first
+DEFAULT_OPSET = 17
+ONNX_FORMAT = "vbp-rt-onnx"
+VARIANTS = ("maps", "vbp", "lrp")
+VBP_OUTPUT = "vbp_mask"
+LRP_OUTPUT = "lrp_mask"
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ValueError("the ONNX model imports no default-domain opset")
+
+
+class GraphBuilder:
+    """Appends nodes and constants to a graph under fresh, prefixed names; opset-aware where ONNX changed."""
+
+    def __init__(self, model: onnx.ModelProto, prefix: str):
+        self.model, self.prefix = model, prefix
+        self.opset = opset_of(model)
+        g = model.graph
+        self.taken = {t for n in g.node for t in list(n.input) + list(n.output)}
+        self.taken |= {i.name for i in g.initializer} | {i.name for i in g.input} | {n.name for n in g.node}
+        self._consts: dict = {}
+
+    def fresh(self, base: str) -> str:
+        name, k = f"{self.prefix}/{base}", 1
+        while name in self.taken:
+            name, k = f"{self.prefix}/{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+    def const(self, value, dtype=np.float32, base: str = "const") -> str:
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            name = self.fresh(base)
+            self.model.graph.initializer.append(numpy_helper.from_array(arr, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def op(self, op_type: str, inputs, base: str | None = None, **attrs) -> str:
+        out = self.fresh(base or op_type.lower())
+        self.model.graph.node.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def reduce(self, op_type: str, x: str, axes, keepdims: int = 1, base: str | None = None) -> str:
+        if self.opset >= 18 or op_type == "ReduceSum" and self.opset >= 13:
+            return self.op(op_type, [x, self.const(list(axes), np.int64, "axes")], base, keepdims=keepdims)
+        return self.op(op_type, [x], base, axes=list(axes), keepdims=keepdims)
+
+    def reshape(self, x: str, shape, base: str | None = None) -> str:
+        return self.op("Reshape", [x, self.const(list(shape), np.int64, "shape")], base)
+
+    def pad(self, x: str, begins, ends, base: str | None = None) -> str:
+        if not any(begins) and not any(ends):
+            return x
+        return self.op("Pad", [x, self.const(list(begins) + list(ends), np.int64, "pads")], base)
+
+    def slice(self, x: str, starts, ends, axes, base: str | None = None) -> str:
+        return self.op("Slice", [x, self.const(list(starts), np.int64, "starts"), self.const(list(ends), np.int64, "ends"),
+                                 self.const(list(axes), np.int64, "axes")], base)
+
+    def where_positive(self, x: str, then: str, otherwise: str) -> str:
+        positive = self.op("Greater", [x, self.const(0.0)])
+        return self.op("Where", [positive, then, otherwise])
+
+
+def channel_mean(b: GraphBuilder, x: str, base: str) -> str:
+    """(N,C,h,w) -> (N,1,h,w) mean over channels."""
+    return b.reduce("ReduceMean", x, [1], base=base)
+
+
+def upscale(b: GraphBuilder, m: str, op: SpatialOp, n_prefix=(0,)) -> str:
+    """All-ones transposed conv of a (N,1,h,w) map with `op`'s geometry, landing exactly on op.in_hw.
+
+    Same result as vbp_rt.upsample.ones_transposed_conv.
+    """
+    return UPSCALE[_STRATEGY[0]](b, m, op)
+
+
+def _upscale_convtranspose(b, m, op, separable=False):
+    kernels = [op.kernel] if not separable else [(op.kernel[0], 1), (1, op.kernel[1])]
+    pads, out_pad = _transposed_pads(op)
+    if not separable:
+        w = b.const(np.ones((1, 1) + tuple(op.kernel)), base="ones")
+        return b.op("ConvTranspose", [m, w], "upscale", strides=list(op.stride), dilations=list(op.dilation),
+                    pads=list(pads), output_padding=list(out_pad))
+    for ax in range(2):
+        k = [1, 1]
+        k[ax] = op.kernel[ax]
+        sel = lambda v, neutral: [v[ax] if a == ax else neutral for a in range(2)]
+        w = b.const(np.ones((1, 1) + tuple(k)), base="ones")
+        m = b.op("ConvTranspose", [m, w], "upscale", strides=sel(op.stride, 1), dilations=sel(op.dilation, 1),
+                 pads=sel(pads[:2], 0) + sel(pads[2:], 0), output_padding=sel(out_pad, 0))
+    return m
+
+
+def _transposed_pads(op: SpatialOp):
+    """ConvTranspose pads and output_padding for `op` so the output is exactly op.in_hw."""
+    pads, out_pad = list(op.padding), [0, 0]
+    for ax in range(2):
+        extra = op.in_hw[ax] - natural_size(op.out_hw[ax], op.kernel[ax], op.stride[ax], op.padding[ax],
+                                            op.padding[ax + 2], op.dilation[ax])
+        if extra >= 0:
+            out_pad[ax] = extra
+        else:
+            pads[ax + 2] -= extra
+    return pads, out_pad
+
+
+def _zero_stuff(b, m, op):
+    (h, w), (sh, sw) = op.out_hw, op.stride
+    if (sh, sw) == (1, 1):
+        return m
+    x = b.reshape(m, [0, h, 1, w, 1])
+    x = b.pad(x, [0] * 5, [0, 0, sh - 1, 0, sw - 1])
+    x = b.reshape(x, [0, 1, h * sh, w * sw])
+    return b.slice(x, [0, 0], [(h - 1) * sh + 1, (w - 1) * sw + 1], [2, 3])
+
+
+def _box_pads(op):
+    """Pads (begin, end per axis) of the zero-stuffed map so a k-window sum lands on op.in_hw directly."""
+    begins, ends = [], []
+    for ax in range(2):
+        k, s, d = op.kernel[ax], op.stride[ax], op.dilation[ax]
+        length = (op.out_hw[ax] - 1) * s + 1
+        a = d * (k - 1) - op.padding[ax]
+        begins.append(a)
+        ends.append(op.in_hw[ax] - length + op.padding[ax])
+    return begins, ends
+
+
+def _crop_or_pad(b, x, begins, ends):
+    pb = [max(0, v) for v in begins]
+    pe = [max(0, v) for v in ends]
+    x = b.pad(x, [0, 0] + pb, [0, 0] + pe)
+    if any(v < 0 for v in begins + ends):
+        raise NotImplementedError
+    return x
+
+
+def _upscale_pool(b, m, op):
+    if op.dilation != (1, 1):
+        return _upscale_convtranspose(b, m, op)
+    x = _zero_stuff(b, m, op)
+    begins, ends = _box_pads(op)
+    inner_b = [min(v, k - 1) for v, k in zip(begins, op.kernel)]
+    inner_e = [min(v, k - 1) for v, k in zip(ends, op.kernel)]
+    x = _crop_or_pad(b, x, [v - i for v, i in zip(begins, inner_b)], [v - i for v, i in zip(ends, inner_e)])
+    return b.op("AveragePool", [x], "upscale", kernel_shape=list(op.kernel), pads=inner_b + inner_e,
+                count_include_pad=1)
+
+
+def _upscale_conv(b, m, op):
+    x = _zero_stuff(b, m, op)
+    begins, ends = _box_pads(op)
+    x = _crop_or_pad(b, x, begins, ends)
+    w = b.const(np.ones((1, 1) + tuple(op.kernel)), base="ones")
+    return b.op("Conv", [x, w], "upscale", dilations=list(op.dilation))
+
+
+def _upscale_slices(b, m, op):
+    x = _zero_stuff(b, m, op)
+    begins, ends = _box_pads(op)
+    x = _crop_or_pad(b, x, begins, ends)
+    for ax in range(2):
+        k, d, n = op.kernel[ax], op.dilation[ax], op.in_hw[ax]
+        parts = [b.slice(x, [a * d], [a * d + n], [ax + 2]) for a in range(k)]
+        acc = parts[0]
+        for p in parts[1:]:
+            acc = b.op("Add", [acc, p])
+        x = acc
+    return x
+
+
+UPSCALE = {"convtranspose": _upscale_convtranspose,
+           "separable": lambda b, m, op: _upscale_convtranspose(b, m, op, separable=True),
+           "pool": _upscale_pool, "conv": _upscale_conv, "slices": _upscale_slices}
+_STRATEGY = ["convtranspose"]
+
+
+def rescale(b: GraphBuilder, m: str) -> str:
+    """Divide each image by its max (as vbp._rescale)."""
+    peak = b.reduce("ReduceMax", m, [2, 3])
+    return b.op("Div", [m, b.where_positive(peak, peak, b.const(1.0))], "rescaled")
+
+
+def normalize01(b: GraphBuilder, m: str, hw) -> str:
+    """Per-image min-max to [0,1] (as vbp_rt.explain.normalize01), reshaped to (N,H,W)."""
+    lo = b.reduce("ReduceMin", m, [1, 2, 3])
+    span = b.op("Sub", [b.reduce("ReduceMax", m, [1, 2, 3]), lo])
+    scaled = b.op("Div", [b.op("Sub", [m, lo]), b.where_positive(span, span, b.const(1.0))])
+    return b.reshape(b.where_positive(span, scaled, b.const(0.0)), [0, hw[0], hw[1]], "mask")
+
+
+def vbp_head(b: GraphBuilder, chain: Chain) -> str:
+    """Nodes computing the VBP mask (N,H,W) from the chain's map tensors; returns the mask's name."""
+    averages = [channel_mean(b, link.name, "mean") for link in chain.links]
+    m, _ = backproject(averages, chain, upscale=lambda m, op: upscale(b, m, op),
+                       combine=lambda m, a: rescale(b, b.op("Mul", [m, a])))
+    return normalize01(b, m, chain.links[0].ops[0].in_hw)
+
+
+
+def _keep_outputs(m: onnx.ModelProto, drop) -> None:
+    kept = [o for o in m.graph.output if o.name not in drop]
+    del m.graph.output[:]
+    m.graph.output.extend(kept)
+
+
+def append_vbp_head(model, chain: Chain | None = None, input_shape=None, output: str = VBP_OUTPUT) -> onnx.ModelProto:
+    """A copy of any ONNX ReLU CNN that also outputs its VisualBackProp mask (N,H,W) in [0,1] as `output`.
+
+    The chain comes from graph analysis unless given. The maps the head reads stop being graph outputs (so
+    onnxruntime can reuse their memory); every other output stays.
+    """
+    model = onnx_graph.load(model)
+    if chain is None:
+        chain = onnx_graph.find_chain(model, input_shape)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if output in {o.name for o in m.graph.output}:
+        raise ValueError(f"the ONNX model already has an output named {output!r}")
+    if opset_of(m) < MIN_OPSET:
+        m = version_converter.convert_version(m, MIN_OPSET)
+    b = GraphBuilder(m, "vbp")
+    mask = vbp_head(b, chain)
+    _keep_outputs(m, set(chain.names))
+    m.graph.node.append(helper.make_node("Identity", [mask], [output], name=output))
+    m.graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT,
+                                                        [_batch_dim(m), *chain.links[0].ops[0].in_hw]))
+    m.ir_version = min(m.ir_version, MAX_IR_VERSION)
+    _set_meta(m, {"vbp_rt.vbp_output": output})
+    return m
+
+
+def _batch_dim(m: onnx.ModelProto):
+    d = onnx_graph.data_input(m).type.tensor_type.shape.dim[0]
+    return d.dim_value if d.HasField("dim_value") else (d.dim_param or "batch")
+
+
+def _set_meta(m: onnx.ModelProto, entries: dict) -> None:
+    props = {p.key: p.value for p in m.metadata_props}
+    props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in entries.items()})
+    onnx.helper.set_model_props(m, props)
+
+
+def metadata(model) -> dict:
+    """The model's metadata_props as a dict (JSON values decoded)."""
+    out = {}
+    for p in onnx_graph.load(model).metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except ValueError:
+            out[p.key] = p.value
+    return out
+
+
+class _WithMaps(nn.Module):
+    """The model's prediction and the post-ReLU map of every chain link, for export."""
+
+    def __init__(self, model: nn.Module, names):
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, x):
+        modules = dict(self.model.named_modules())
+        maps: dict = {}
+        handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: maps.setdefault(n, []).append(out))
+                   for n in dict.fromkeys(self.names)]
+        try:
+            pred = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        seen: dict = {}
+        outs = []
+        for n in self.names:  # a ReLU module called twice (torchvision blocks) gives one map per call
+            outs.append(maps[n][seen.get(n, 0)])
+            seen[n] = seen.get(n, 0) + 1
+        return (pred, *outs)
+
+
+class _Lrp(nn.Module):
+    """prediction, LRP mask and relevance from vbp_rt.methods.lrp, for export."""
+
+    def __init__(self, model: nn.Module, eps: float):
+        super().__init__()
+        self.model, self.eps = model, eps
+
+    def forward(self, x):
+        e = methods.get("lrp")(self.model, x, eps=self.eps)
+        return e.prediction, e.mask, e.relevance
+
+
+def map_output_names(names) -> list:
+    """Graph output names for the chain's maps: the layer name, with ':k' for a module's k-th later call."""
+    seen: dict = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0)
+        out.append(n if k == 0 else f"{n}:{k + 1}")
+        seen[n] = k + 1
+    return out
+
+
+def input_info(model: nn.Module, input_shape=None) -> dict:
+    """What the network expects, for the ONNX metadata: layout, gray/colour, size, scale, camera view."""
+    cfg = getattr(model, "config", None)
+    c, h, w = tuple(input_shape) if input_shape is not None else cfg.input_shape
+    view = None
+    if cfg is not None and cfg.view:
+        from data.preprocess import VIEWS, view_for
+        view = view_for(cfg.view, cfg.height).to_dict() if cfg.view in VIEWS else {"name": cfg.view}
+    return {"layout": "NCHW", "dtype": "float32", "channels": c, "color": "gray" if c == 1 else "bgr",
+            "height": h, "width": w, "scale": cfg.input_scale if cfg is not None else None, "view": view}
+
+
+def _torch_export(wrapper: nn.Module, model: nn.Module, input_shape, output_names, opset: int) -> onnx.ModelProto:
+    was_training = model.training
+    p = next(model.parameters(), None)
+    x = torch.rand(2, *input_shape, dtype=p.dtype if p is not None else torch.float32)
+    buf = io.BytesIO()
+    names = ["input", *output_names]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper.eval(), (x,), buf, dynamo=False, input_names=["input"],
+                              output_names=list(output_names), opset_version=opset,
+                              dynamic_axes={n: {0: "batch"} for n in names})
+    finally:
+        model.train(was_training)
+    m = onnx.load_from_string(buf.getvalue())
+    m.ir_version = min(m.ir_version, MAX_IR_VERSION)
+    return m
+
+
+def _model_shape(model: nn.Module, input_shape):
+    if input_shape is not None:
+        return tuple(input_shape)
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise ValueError("give input_shape=(C,H,W) for a model without a vbp-rt config")
+    return tuple(cfg.input_shape)
+
+
+def _common_meta(model: nn.Module, shape, variant: str) -> dict:
+    cfg = getattr(model, "config", None)
+    meta = {"vbp_rt.format": ONNX_FORMAT, "vbp_rt.variant": variant, "vbp_rt.input": input_info(model, shape)}
+    if cfg is not None:
+        meta["vbp_rt.config"] = asdict(cfg)
+    return meta
+
+
+def export_maps(model: nn.Module, input_shape=None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The network with its prediction ("prediction") and every post-ReLU conv map as extra outputs named
+    after the layer (e.g. "features.2"); dynamic batch."""
+    shape = _model_shape(model, input_shape)
+    chain = find_torch_chain(model, shape)
+    names = map_output_names(chain.names)
+    m = _torch_export(_WithMaps(model, chain.names), model, shape, ["prediction", *names], opset)
+    _set_meta(m, {**_common_meta(model, shape, "maps"), "vbp_rt.maps": names})
+    return m
+
+
+def export_vbp(model: nn.Module, input_shape=None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The network with its VBP mask computed inside the graph: outputs "prediction" and "vbp_mask"."""
+    m = append_vbp_head(export_maps(model, input_shape, opset))
+    _set_meta(m, {"vbp_rt.variant": "vbp", "vbp_rt.maps": []})
+    return m
+
+
+def export_lrp(model: nn.Module, eps: float = 100.0, input_shape=None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The network with epsilon-LRP inside the graph (traced from vbp_rt.methods.lrp): outputs "prediction",
+    "lrp_mask" (N,H,W in [0,1]) and "lrp_relevance" (float64)."""
+    shape = _model_shape(model, input_shape)
+    m = _torch_export(_Lrp(model, eps), model, shape, ["prediction", LRP_OUTPUT, "lrp_relevance"], opset)
+    _set_meta(m, {**_common_meta(model, shape, "lrp"), "vbp_rt.lrp_eps": eps, "vbp_rt.lrp_output": LRP_OUTPUT})
+    return m
+
+
+def variant_paths(out) -> dict:
+    """MODEL.onnx -> {"maps": MODEL.onnx, "vbp": MODEL.vbp.onnx, "lrp": MODEL.lrp.onnx}."""
+    out = Path(out)
+    stem = out.name[:-len(".onnx")] if out.name.endswith(".onnx") else out.name
+    return {"maps": out, "vbp": out.with_name(f"{stem}.vbp.onnx"), "lrp": out.with_name(f"{stem}.lrp.onnx")}
+
+
+def save(model: onnx.ModelProto, path) -> Path:
+    """Check and write an ONNX model atomically (temp file + rename)."""
+    path = Path(path)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def export(model: nn.Module, out, variants=VARIANTS, eps: float = 100.0, input_shape=None,
+           opset: int = DEFAULT_OPSET) -> dict:
+    """Write the chosen variants next to each other (see variant_paths); returns {variant: path}."""
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown export variant(s) {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
+    paths = variant_paths(out)
+    written = {}
+    for v in VARIANTS:
+        if v in variants:
+            m = {"maps": lambda: export_maps(model, input_shape, opset),
+                 "vbp": lambda: export_vbp(model, input_shape, opset),
+                 "lrp": lambda: export_lrp(model, eps, input_shape, opset)}[v]()
+            written[v] = save(m, paths[v])
+    return written

@@ -1,0 +1,466 @@
+"""`Runtime`: one object per (model, backend) that turns frames into (prediction, masks, per-stage timings).
+
+Backends: "ort-cpu", "ort-cuda" (onnxruntime; the VBP and LRP heads run inside the graph), "torch-cpu",
+"torch-cuda" (vbp_rt.explain and the method modules), "auto" (the fastest this machine really runs).
+
+onnxruntime runs in stages, each its own session on the same device: the network ("forward": the nodes
+the prediction needs) and one head per method (the remaining nodes of that method's graph). The maps a
+head reads pass between sessions as device-resident OrtValues (IOBinding), so on a GPU only the frame
+goes up and only the prediction and the masks come back. `timings` are wall-clock milliseconds of each
+stage (synchronized with the device) and of the whole call; on torch, a method other than VBP runs its
+own forward inside `vbp_rt.explain` and its time includes it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import utils as onnx_utils
+from torch import nn
+
+from . import onnx_graph, onnx_io
+from .explain import explain, normalize01
+from .methods import vbp as vbp_method
+
+BACKENDS = ("ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")  # "auto" tries them in this order
+ONNX_METHODS = ("vbp", "lrp")
+
+
+@dataclass
+class RunResult:
+    prediction: np.ndarray  # (N, outputs) float32
+    masks: dict  # method -> (N,H,W) float32 in [0,1]
+    timings: dict  # milliseconds: "forward", one per method, "total"
+
+
+@dataclass
+class ModelInfo:
+    """What a model without a vbp-rt config expects (ONNX files from elsewhere, plain torch modules)."""
+
+    arch: str
+    in_channels: int
+    height: int
+    width: int
+    outputs: int
+    view: str = ""
+    input_scale: float = 1.0 / 255.0
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.in_channels, self.height, self.width)
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads share a core's arithmetic units)."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in usable:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("?", str(cpu)))
+    return max(1, len(cores))
+
+
+def cpu_session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
+    """Low-latency CPU options: one intra-op thread per physical core, no thread spinning (the cores are
+    shared with a UI or capture thread), denormals flushed (epsilon-LRP relevance sinks into them)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or physical_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return so
+
+
+def _probe_model() -> bytes:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    m.ir_version = onnx_io.MAX_IR_VERSION
+    return m.SerializeToString()
+
+
+@functools.lru_cache(maxsize=None)
+def ort_cuda_works() -> bool:
+    """True when an onnxruntime session really runs on CUDA (onnxruntime-gpu lists CUDA as available even
+    where its libraries cannot load, and then silently runs on the CPU)."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    try:
+        s = ort.InferenceSession(_probe_model(), so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises its own Fail/RuntimeException types
+        return False
+    return s.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def available_backends() -> list:
+    """The backends this machine really runs, fastest first."""
+    ok = {"ort-cuda": ort_cuda_works(), "torch-cuda": torch.cuda.is_available(),
+          "ort-cpu": "CPUExecutionProvider" in ort.get_available_providers(), "torch-cpu": True}
+    return [b for b in BACKENDS if ok[b]]
+
+
+def _source(model, input_shape):
+    """(kind, object, path): kind "onnx" with a ModelProto, or "torch" with an eval-mode nn.Module."""
+    if isinstance(model, nn.Module):
+        return "torch", model.eval(), None
+    if isinstance(model, onnx.ModelProto):
+        return "onnx", model, None
+    from .models import load_model, resolve_model_path
+    path = resolve_model_path(model)
+    if path.suffix.lower() == ".onnx":
+        return "onnx", onnx_graph.load(path), path
+    return "torch", load_model(path), path
+
+
+def _config(kind, obj, input_shape):
+    from .models import NetConfig
+    if kind == "torch":
+        cfg = getattr(obj, "config", None)
+        if cfg is not None:
+            return cfg
+        if input_shape is None:
+            raise ValueError("give input_shape=(C,H,W) for a torch model without a vbp-rt config")
+        c, h, w = input_shape
+        p = next(obj.parameters())
+        with torch.no_grad():
+            outputs = obj.eval()(torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device)).shape[1]
+        return ModelInfo(type(obj).__name__, c, h, w, outputs)
+    meta = onnx_io.metadata(obj)
+    if isinstance(meta.get("vbp_rt.config"), dict):
+        return NetConfig(**meta["vbp_rt.config"])
+    chw = tuple(input_shape) if input_shape is not None else onnx_graph.input_chw(obj)
+    if chw is None:
+        raise ValueError("the ONNX model's input height/width are symbolic: give input_shape=(C,H,W)")
+    info = meta.get("vbp_rt.input") if isinstance(meta.get("vbp_rt.input"), dict) else {}
+    shapes = onnx_graph.tensor_shapes(onnx_graph.with_input_shape(obj, chw))
+    pred = _prediction_output(obj)
+    outputs = shapes.get(pred, (None, 1))[-1] or 1
+    view = (info.get("view") or {}).get("name", "")
+    return ModelInfo("onnx", chw[0], chw[1], chw[2], outputs, view, info.get("scale") or 1.0 / 255.0)
+
+
+def _prediction_output(m: onnx.ModelProto) -> str:
+    names = [o.name for o in m.graph.output]
+    if "prediction" in names:
+        return "prediction"
+    meta = onnx_io.metadata(m)
+    skip = set(meta.get("vbp_rt.maps") or []) | {meta.get("vbp_rt.vbp_output"), meta.get("vbp_rt.lrp_output"),
+                                                   "lrp_relevance"}
+    rest = [n for n in names if n not in skip]
+    if not rest:
+        raise ValueError("the ONNX model has no prediction output")
+    return rest[0]
+
+
+class _Stage:
+    """One onnxruntime session of the staged graph, with its IOBinding."""
+
+    def __init__(self, model: onnx.ModelProto, providers, options, device: str):
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        self.device = device
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.binding = self.session.io_binding()
+
+
+class _OrtEngine:
+    """The forward session and one head session per method, on CPU or CUDA."""
+
+    def __init__(self, kind, obj, path, methods, device, threads, spinning, cuda_graph, eps, input_shape):
+        unsupported = [m for m in methods if m not in ONNX_METHODS]
+        if unsupported:
+            raise ValueError(f"method(s) {', '.join(unsupported)} have no onnxruntime head (onnxruntime runs "
+                             f"{', '.join(ONNX_METHODS)}); use a torch backend")
+        graph, outputs = self._graph(kind, obj, path, methods, eps, input_shape)
+        self.device = device
+        self.cuda_graph = cuda_graph and device == "cuda"
+        if device == "cuda":
+            cuda_opts = {"enable_cuda_graph": "1" if self.cuda_graph else "0"}
+            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        else:
+            providers, options = ["CPUExecutionProvider"], cpu_session_options(threads, spinning)
+        self.input = onnx_graph.data_input(graph).name
+        self.prediction = outputs["prediction"]
+        parts = split_stages(graph, self.prediction, {m: outputs[m] for m in methods})
+        self.stages = {name: _Stage(part, providers, options, device) for name, part in parts.items()}
+        self.outputs = outputs
+        runs_on = self.stages["forward"].session.get_providers()[0]
+        if device == "cuda" and runs_on != "CUDAExecutionProvider":
+            raise ValueError(f"onnxruntime could not start CUDA (the session runs on {runs_on}); "
+                             "use backend='ort-cpu' or fix the CUDA/cuDNN installation")
+        self._bound_batch = None
+
+    @staticmethod
+    def _graph(kind, obj, path, methods, eps, input_shape):
+        """One graph with the prediction and every requested method's mask as outputs."""
+        if kind == "torch":
+            shape = input_shape or None
+            graph = onnx_io.export_lrp(obj, eps, shape) if "lrp" in methods else onnx_io.export_maps(obj, shape)
+        else:
+            graph = obj
+            meta = onnx_io.metadata(graph)
+            has = {o.name for o in graph.graph.output}
+            if "lrp" in methods and meta.get("vbp_rt.lrp_output") not in has:
+                lrp_path = onnx_io.variant_paths(path)["lrp"] if path is not None else None
+                if lrp_path is None or not lrp_path.is_file():
+                    raise ValueError("LRP on onnxruntime needs the LRP variant written by `vbp export` "
+                                     f"({lrp_path or 'MODEL.lrp.onnx'}); this ONNX model has no LRP output")
+                graph = onnx_graph.load(lrp_path)
+            if input_shape is not None and onnx_graph.input_chw(graph) is None:
+                graph = onnx_graph.with_input_shape(graph, input_shape)
+        meta = onnx_io.metadata(graph)
+        outputs = {"prediction": _prediction_output(graph)}
+        if "lrp" in methods:
+            outputs["lrp"] = meta["vbp_rt.lrp_output"]
+        if "vbp" in methods:
+            if meta.get("vbp_rt.vbp_output") not in {o.name for o in graph.graph.output}:
+                graph = onnx_io.append_vbp_head(graph)
+            outputs["vbp"] = onnx_io.metadata(graph)["vbp_rt.vbp_output"]
+        return graph, outputs
+
+    def run(self, x: np.ndarray, methods) -> tuple:
+        timings, masks = {}, {}
+        fwd = self.stages["forward"]
+        values = self._run_stage(fwd, {self.input: x}, timings, "forward")
+        prediction = values[self.prediction].numpy()
+        for m in methods:
+            stage = self.stages[m]
+            feeds = {name: (x if name == self.input else values[name]) for name in stage.inputs}
+            out = self._run_stage(stage, feeds, timings, m)
+            masks[m] = out[self.outputs[m]].numpy()
+        return prediction, masks, timings
+
+    def _run_stage(self, stage: _Stage, feeds: dict, timings: dict, key: str) -> dict:
+        """Bind, run and time one stage; outputs stay on the stage's device as OrtValues."""
+        b = stage.binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        for name, v in feeds.items():
+            if isinstance(v, np.ndarray):
+                b.bind_cpu_input(name, v)
+            else:
+                b.bind_ortvalue_input(name, v)
+        for name in stage.outputs:
+            b.bind_output(name, stage.device)
+        t0 = time.perf_counter()
+        b.synchronize_inputs()
+        stage.session.run_with_iobinding(b)
+        b.synchronize_outputs()
+        timings[key] = (time.perf_counter() - t0) * 1000.0
+        return dict(zip(stage.outputs, b.get_outputs()))
+
+    @property
+    def providers(self) -> list:
+        return self.stages["forward"].session.get_providers()
+
+
+def split_stages(graph: onnx.ModelProto, prediction: str, method_outputs: dict) -> dict:
+    """Cut a graph into "forward" (what `prediction` needs, plus the tensors the heads read from it) and one
+    head per method (the rest of that method's output's ancestry). Returns {stage: ModelProto}."""
+    inferred = onnx.shape_inference.infer_shapes(graph)
+    producer = {o: n for n in inferred.graph.node for o in n.output}
+    inits = {i.name for i in inferred.graph.initializer}
+
+    def ancestry(tensor: str) -> list:
+        seen, todo, nodes = set(), [tensor], []
+        while todo:
+            t = todo.pop()
+            n = producer.get(t)
+            if n is None or id(n) in seen:
+                continue
+            seen.add(id(n))
+            nodes.append(n)
+            todo.extend(n.input)
+        return nodes
+
+    forward = {id(n) for n in ancestry(prediction)}
+    source = onnx_graph.data_input(inferred).name
+    heads, boundary = {}, {}
+    for method, out in method_outputs.items():
+        head_nodes = [n for n in ancestry(out) if id(n) not in forward]
+        produced = {o for n in head_nodes for o in n.output}
+        needs = {t for n in head_nodes for t in n.input if t and t not in produced and t not in inits}
+        boundary[method] = sorted(needs)
+        heads[method] = out
+    ex = onnx_utils.Extractor(inferred)
+    cross = sorted({t for ts in boundary.values() for t in ts if t != source})
+    parts = {"forward": ex.extract_model([source], [prediction, *[t for t in cross if t != prediction]])}
+    for method, out in heads.items():
+        parts[method] = ex.extract_model(boundary[method], [out])
+    for p in parts.values():
+        p.ir_version = min(p.ir_version, onnx_io.MAX_IR_VERSION)
+    return parts
+
+
+class _TorchEngine:
+    """vbp_rt's torch methods on CPU or CUDA; VBP's forward (with its channel-mean hooks) is the forward stage."""
+
+    def __init__(self, model: nn.Module, device: str, threads, options: dict):
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.options = options
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, x: np.ndarray, methods) -> tuple:
+        timings, masks = {}, {}
+        t0 = time.perf_counter()
+        xt = torch.from_numpy(x).to(self.device, non_blocking=True)
+        if "vbp" in methods:
+            chain = vbp_method.chain_for(self.model, tuple(xt.shape[1:]))
+            pred, averages = vbp_method.forward_with_averages(self.model, xt, chain)
+        else:
+            with torch.no_grad():
+                pred = self.model(xt)
+        self._sync()
+        timings["forward"] = (time.perf_counter() - t0) * 1000.0
+        for m in methods:
+            t0 = time.perf_counter()
+            if m == "vbp":
+                relevance, _ = vbp_method.backproject(averages, chain)
+                mask = normalize01(relevance)
+            else:
+                mask = explain(self.model, xt, m, **self.options.get(m, {})).mask
+            masks[m] = mask.detach().float().cpu().numpy()
+            timings[m] = (time.perf_counter() - t0) * 1000.0
+        return pred.detach().float().cpu().numpy(), masks, timings
+
+    @property
+    def providers(self) -> list:
+        return [str(self.device)]
+
+
+class Runtime:
+    """A model on a backend: `run(images)` -> RunResult(prediction, masks, timings).
+
+    model: shipped model name, checkpoint path, .onnx path (any ONNX ReLU CNN) or nn.Module.
+    backend: "auto" | "ort-cpu" | "ort-cuda" | "torch-cpu" | "torch-cuda". `backend` afterwards says what
+    really runs (for onnxruntime, decided from the created session's providers).
+    threads: CPU threads (default: physical cores). spinning: let idle onnxruntime threads spin (lower
+    latency on otherwise idle cores, worse when sharing cores). cuda_graph: capture the onnxruntime CUDA
+    graphs (fixed batch size per Runtime). eps: epsilon of LRP. input_shape: (C,H,W) for models that do
+    not say it themselves.
+    """
+
+    def __init__(self, model, backend: str = "auto", methods=("vbp",), threads: int | None = None, *,
+                 spinning: bool = False, cuda_graph: bool = False, eps: float = 100.0, input_shape=None):
+        self.methods = tuple(methods)
+        kind, obj, path = _source(model, input_shape)
+        self.config = _config(kind, obj, input_shape)
+        self.view = self._view()
+        candidates = self._candidates(backend, kind)
+        errors = []
+        for name in candidates:
+            try:
+                self.engine = self._engine(name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape)
+            except ValueError as e:
+                if backend != "auto":
+                    raise
+                errors.append(f"{name}: {e}")
+                continue
+            self.backend = name
+            break
+        else:
+            raise ValueError("no backend can run this model with methods " + ", ".join(self.methods) + ": "
+                             + "; ".join(errors))
+
+    def _view(self):
+        """The camera view feeding this model (None when the model's size is not one of the known views)."""
+        from data.preprocess import VIEWS, view_for
+        name = getattr(self.config, "view", "")
+        view = view_for(name, self.config.height) if name in VIEWS else None
+        return view if view is not None and view.width == self.config.width else None
+
+    def _candidates(self, backend: str, kind: str) -> list:
+        if backend != "auto":
+            if backend not in BACKENDS:
+                raise ValueError(f"unknown backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
+            if kind == "onnx" and backend.startswith("torch"):
+                raise ValueError(f"an ONNX model runs on onnxruntime (ort-cpu, ort-cuda), not {backend}")
+            return [backend]
+        names = available_backends()
+        if kind == "onnx":
+            names = [b for b in names if b.startswith("ort")]
+        if any(m not in ONNX_METHODS for m in self.methods):
+            names = [b for b in names if b.startswith("torch")] or names
+        return names
+
+    def _engine(self, name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape):
+        lib, device = name.split("-")
+        if lib == "ort":
+            return _OrtEngine(kind, obj, path, self.methods, device, threads, spinning, cuda_graph, eps, input_shape)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("torch-cuda: torch sees no CUDA GPU")
+        return _TorchEngine(obj, device, threads, {"lrp": {"eps": eps}})
+
+    @property
+    def providers(self) -> list:
+        """What runs underneath: onnxruntime's session providers, or the torch device."""
+        return self.engine.providers
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """A camera frame (BGR or gray, any size) -> this model's uint8 view image (H,W): the view's crop
+        when the model has one, else the whole frame in gray resized to the model's input."""
+        from data import preprocess
+        if self.view is not None:
+            return preprocess.prepare(frame, self.view)
+        gray = preprocess.to_gray(frame)
+        return cv2.resize(gray, (self.config.width, self.config.height), interpolation=cv2.INTER_AREA)
+
+    def batch(self, images: np.ndarray) -> np.ndarray:
+        """uint8 view images (N,H,W) or (H,W), or float (N,C,H,W) already scaled -> float32 (N,C,H,W)."""
+        images = np.asarray(images)
+        c, h, w = self.config.in_channels, self.config.height, self.config.width
+        if images.dtype == np.uint8:
+            if images.ndim == 2:
+                images = images[None]
+            if images.ndim == 3 and c == 1:
+                images = images[:, None]
+            elif images.ndim == 4 and images.shape[-1] == c:
+                images = images.transpose(0, 3, 1, 2)
+            x = images.astype(np.float32) * np.float32(self.config.input_scale)
+        elif np.issubdtype(images.dtype, np.floating):
+            x = images.astype(np.float32, copy=False)
+        else:
+            raise ValueError(f"expected uint8 view images or float (N,C,H,W), got dtype {images.dtype}")
+        if x.ndim != 4 or x.shape[1:] != (c, h, w):
+            raise ValueError(f"expected images of {h}x{w} with {c} channel(s) for this model "
+                             f"(uint8 (N,H,W) or float (N,{c},{h},{w})), got shape {images.shape}")
+        return np.ascontiguousarray(x)
+
+    def run(self, images, methods=None) -> RunResult:
+        """Prediction, masks and per-stage timings (ms) for a batch of view images."""
+        t0 = time.perf_counter()
+        methods = self.methods if methods is None else tuple(methods)
+        missing = [m for m in methods if m not in self.methods]
+        if missing:
+            raise ValueError(f"method(s) {', '.join(missing)} were not prepared; this Runtime runs "
+                             f"{', '.join(self.methods) or 'no method'}")
+        prediction, masks, timings = self.engine.run(self.batch(images), methods)
+        timings["total"] = (time.perf_counter() - t0) * 1000.0
+        return RunResult(prediction, masks, timings)
+
+    def __repr__(self) -> str:
+        return f"Runtime({getattr(self.config, 'arch', '?')}, backend={self.backend}, methods={self.methods})"
