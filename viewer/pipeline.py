@@ -340,7 +340,9 @@ class Pipeline:
         try:
             frame = self.source.read(index)
             view = frame.image if frame.prepared else self.runtime.prepare(frame.image)
-        except EndOfSource:
+        except EndOfSource as e:
+            if str(e):
+                self.on_event("warning", str(e))
             self._end()
             return None
         except SourceLost as e:
@@ -357,7 +359,7 @@ class Pipeline:
                 self.on_event("warning", f"{e}; {BAD_RUN} unreadable frames in a row, stopping at frame {index}")
                 self.source.length = index
                 self._end()
-            else:
+            elif not self.source.live or self._bad_run == 1:  # a failing camera: say it once per run
                 self.on_event("warning", f"skipped a bad frame: {e}")
             return None
         self._bad_run = 0

@@ -22,7 +22,7 @@ class BadFrame(Exception):
 
 
 class EndOfSource(Exception):
-    """The stream ended (before the frame count its header announced)."""
+    """The stream ended; the message (if any) says what is wrong with a stream that ended early."""
 
 
 class SourceLost(Exception):
@@ -68,8 +68,10 @@ class VideoSource:
         if ok and frame is not None:
             return Frame(index, frame)
         if sequential:
-            self.length = index
-            raise EndOfSource(f"video {self.path} ends at frame {index}")
+            announced, self.length = self.length, index
+            truncated = announced is not None and index < announced - 1
+            raise EndOfSource(f"video {self.path} ends at frame {index} although its header announces {announced} "
+                              f"(truncated or corrupt file)" if truncated else "")
         raise BadFrame(f"video {self.path}: frame {index} cannot be decoded")
 
     def close(self) -> None:
