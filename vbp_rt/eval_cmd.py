@@ -1,0 +1,382 @@
+"""`vbp eval`: how faithful is each attribution method? A report anyone can regenerate.
+
+On a held-out drive with ground-truth lane and distractor masks (default: a synthetic drive generated
+with seed 3) and a steering model (default: the shipped NetSVF), every registered method is measured
+with the metrics of `vbp_rt.evaluation`: lane pointing, region perturbation (AOPC), keep-top
+fraction, sanity checks (cascading randomization, similarity to an edge map), temporal stability,
+and the bias/score ratio per layer of the piece-wise affine decomposition. Writes report.md, one CSV
+per table and PNG plots into --out.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import evaluation as ev
+from .eval_report import Table, example_grid, line_plot, write_report
+
+DEFAULTS = {"frames": 40, "pairs": 16, "perturb_frames": 8, "steps": 30, "region": 15, "keep": 0.3,
+            "sanity_frames": 4, "drive_frames": 300, "batch_size": 8}
+QUICK = {"frames": 3, "pairs": 2, "perturb_frames": 1, "steps": 4, "region": 15, "keep": 0.3,
+         "sanity_frames": 1, "drive_frames": 6, "batch_size": 8}
+SANITY_THRESHOLD = 0.5  # a method passes when its mask's rank correlation after full randomization is below this
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="measure the faithfulness of every attribution method (Markdown/CSV/PNG report)",
+        description="Evaluate attribution methods against ground truth and against the model itself: lane "
+                    "pointing and ROC-AUC, region perturbation (AOPC vs random order), keep-top-30%%, "
+                    "cascading weight randomization and edge-map similarity, temporal stability, and the "
+                    "bias/score ratio per layer (with and without BatchNorm).",
+        epilog="examples: vbp eval --out eval-report;  vbp eval --quick --out /tmp/eval;  "
+               "vbp eval --model runs/svf/best.pt --store drive.h5 --split test --nobn-model nobn.pt",
+    )
+    p.add_argument("--model", default="netsvf", help="steering model: shipped name or checkpoint (default netsvf)")
+    p.add_argument("--store", help="held-out store with lane/distractor masks (default: generate a synthetic "
+                                   "drive with --seed into OUT)")
+    p.add_argument("--split", default="all", choices=["all", "train", "test"],
+                   help="part of --store to evaluate (default all)")
+    p.add_argument("--seed", type=int, default=3, help="seed of the generated drive (default 3, never used "
+                                                       "for training)")
+    p.add_argument("--drive-frames", type=int, help=f"length of the generated drive (default "
+                                                    f"{DEFAULTS['drive_frames']})")
+    p.add_argument("--methods", help="comma-separated methods (default: every registered method)")
+    p.add_argument("--frames", type=int, help=f"frames for pointing and keep-top, spread over the drive "
+                                              f"(default {DEFAULTS['frames']})")
+    p.add_argument("--pairs", type=int, help=f"consecutive-frame pairs for temporal stability "
+                                             f"(default {DEFAULTS['pairs']})")
+    p.add_argument("--perturb-frames", type=int, help=f"frames for region perturbation "
+                                                      f"(default {DEFAULTS['perturb_frames']})")
+    p.add_argument("--steps", type=int, help=f"regions removed per perturbation curve (default {DEFAULTS['steps']})")
+    p.add_argument("--region", type=int, help=f"side of a perturbation region in pixels (default {DEFAULTS['region']})")
+    p.add_argument("--keep", type=float, help="fraction of pixels kept in the keep-top test (default 0.3)")
+    p.add_argument("--sanity-frames", type=int, help=f"frames for the randomization checks "
+                                                     f"(default {DEFAULTS['sanity_frames']})")
+    p.add_argument("--nobn-model", help="the same network trained without BatchNorm, for the bias/score "
+                                        "comparison (see docs/evaluation.md for how it was made)")
+    p.add_argument("--lrp-eps", type=float, default=100.0, help="epsilon of lrp (default 100, as in the paper)")
+    p.add_argument("--batch-size", type=int, help="frames per explain call (default 8)")
+    p.add_argument("--out", default="eval-report", help="output folder (default eval-report)")
+    p.add_argument("--quick", action="store_true", help="a few frames and steps: a smoke test for CI (seconds "
+                                                        "to a minute), not a measurement")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Frames:
+    """The evaluated frames: store indices, uint8 images (N,H,W), the frames right after them, and
+    ground truth (lane/distractor 0/1 masks or None, angles in degrees)."""
+
+    index: np.ndarray
+    image: np.ndarray
+    next_image: np.ndarray
+    lane: np.ndarray | None
+    distractor: np.ndarray | None
+    angle: np.ndarray
+
+
+def load_frames(path, view: str, count: int, split: str = "all") -> Frames:
+    from data.store import StoreReader
+    with StoreReader(path) as r:
+        if view not in r.views:
+            raise ValueError(f"store {path} has no view {view!r} for this model (it has: {', '.join(r.views)})")
+        part = r.split(split)
+        first, stop = part.start or 0, part.stop if part.stop is not None else len(r)
+        if stop - first < 2:
+            raise ValueError(f"store {path}: the {split} split has {stop - first} frame(s); at least 2 are needed")
+        idx = np.unique(np.linspace(first, stop - 2, min(count, stop - first - 1)).round().astype(int))
+        images = r.images(view)
+        lane, dist = r.lane_mask(view), r.distractor_mask(view)
+        return Frames(idx, images[idx], images[idx + 1], None if lane is None else lane[idx],
+                      None if dist is None else dist[idx], r.angle[idx])
+
+
+def generate_drive(path: Path, seed: int, frames: int, view: str, height: int) -> Path:
+    from data.synth import SynthOptions, write_synth
+    write_synth(path, SynthOptions(frames=frames, seed=seed), views=(view,), height=height)
+    return path
+
+
+class Model:
+    """A steering model with its input scaling: masks per method, and predictions for image batches."""
+
+    def __init__(self, net, batch_size: int, method_options: dict):
+        self.net = net.eval()
+        self.scale = net.config.input_scale
+        self.batch = batch_size
+        self.options = method_options
+
+    def input(self, images: np.ndarray):
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) * np.float32(self.scale))[:, None]
+
+    def masks(self, images: np.ndarray, method: str, net=None) -> np.ndarray:
+        from .explain import explain
+        net = self.net if net is None else net
+        out = [explain(net, self.input(images[s:s + self.batch]), method, **self.options.get(method, {}))
+               .mask.numpy() for s in range(0, len(images), self.batch)]
+        return np.concatenate(out)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Steering angles for float or uint8 images in pixel units (N,H,W)."""
+        import torch
+        with torch.no_grad():
+            return np.concatenate([self.net(self.input(images[s:s + 2 * self.batch]))[:, 0].numpy()
+                                   for s in range(0, len(images), 2 * self.batch)])
+
+
+def _settings(args) -> dict:
+    base = QUICK if args.quick else DEFAULTS
+    s = {k: getattr(args, k) if getattr(args, k, None) is not None else v for k, v in base.items()}
+    for k in ("frames", "pairs", "perturb_frames", "steps", "region", "sanity_frames", "drive_frames", "batch_size"):
+        if s[k] < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {s[k]}")
+    if not 0 < s["keep"] <= 1:
+        raise ValueError(f"--keep must be in (0, 1], got {s['keep']}")
+    return s
+
+
+def _bar(total, desc):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="step", disable=None, leave=False)
+
+
+def run(args) -> int:
+    import torch
+
+    from . import methods as registry
+    from .models import load_model
+    s = _settings(args)
+    t0 = time.time()
+    net = load_model(args.model)
+    cfg = net.config
+    if cfg.outputs != 1:
+        raise ValueError(f"vbp eval measures steering models with one output; {args.model} has {cfg.outputs}")
+    names = registry.available() if not args.methods else [m.strip() for m in args.methods.split(",") if m.strip()]
+    for name in names:
+        registry.get(name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = Path(args.store) if args.store else None
+    if store is None:
+        store = out / f"heldout_seed{args.seed}_{s['drive_frames']}.h5"
+        if not store.exists():
+            generate_drive(store, args.seed, s["drive_frames"], cfg.view, cfg.height)
+    torch.manual_seed(0)
+    model = Model(net, s["batch_size"], {"lrp": {"eps": args.lrp_eps}})
+    frames = load_frames(store, cfg.view, max(s["frames"], s["pairs"], s["perturb_frames"], s["sanity_frames"]),
+                         args.split)
+    n = min(s["frames"], len(frames.index))
+
+    bar = _bar(len(names) * 2, "vbp eval: masks")
+    masks, next_masks = {}, {}
+    pairs = min(s["pairs"], len(frames.index))
+    for name in names:
+        masks[name] = model.masks(frames.image, name)
+        bar.update()
+        next_masks[name] = model.masks(frames.next_image[:pairs], name)
+        bar.update()
+    bar.close()
+    edges = np.stack([ev.edge_map(im) for im in frames.image])
+
+    tables = [pointing_table(frames, masks, edges, n),
+              perturbation_table(model, frames, masks, edges, s, out),
+              keep_top_table(model, frames, masks, edges, s, n),
+              temporal_table(frames, masks, next_masks, pairs)]
+    tables += sanity_tables(model, frames, masks, edges, s, args.quick, out)
+    nobn = load_model(args.nobn_model) if args.nobn_model else None
+    tables.append(bias_table(net, nobn, frames, n, s["batch_size"], out))
+    example_grid(out / "examples.png", frames.image[:2], None if frames.lane is None else frames.lane[:2],
+                 {k: v[:2] for k, v in masks.items()})
+    figures = [("examples.png", "masks of every method on two frames (first row: lane ground truth)"),
+               ("perturbation.png", "region perturbation curves"), ("sanity.png", "cascading randomization"),
+               ("bias_ratio.png", "bias/score ratio per layer")]
+    write_report(out, _header(args, s, store, frames, n, pairs, t0), tables, figures, FOOTER)
+    print(f"vbp eval: {len(names)} methods on {n} frames of {store} -> {out / 'report.md'} "
+          f"({time.time() - t0:.0f} s)")
+    return 0
+
+
+def pointing_table(frames: Frames, masks: dict, edges: np.ndarray, n: int) -> Table:
+    t = Table("pointing", "Lane pointing: where the mask mass goes",
+              ["method", "mass on lane", "mass on distractors", "lane ROC-AUC", "distractor ROC-AUC"])
+    if frames.lane is None:
+        t.note = "The store has no ground-truth masks: pointing was not measured."
+        return t
+    lane, dist = frames.lane[:n], frames.distractor[:n] if frames.distractor is not None else None
+
+    def row(name, m):
+        d = (_mean(ev.mass_share(m, dist)), _mean([ev.roc_auc(a, b) for a, b in zip(m, dist)]))\
+            if dist is not None else (float("nan"), float("nan"))
+        return [name, _mean(ev.mass_share(m, lane)), d[0],
+                _mean([ev.roc_auc(a, b) for a, b in zip(m, lane)]), d[1]]
+
+    t.rows = [row(k, v[:n]) for k, v in masks.items()]
+    t.rows.append(row("edge map (baseline)", edges[:n]))
+    t.rows.append(["uniform (chance)", float(ev.area_share(lane).mean()),
+                   float(ev.area_share(dist).mean()) if dist is not None else float("nan"), 0.5, 0.5])
+    t.note = (f"{n} frames. Mass: share of the mask's total on the ground-truth pixels (a uniform mask scores "
+              "the area share). ROC-AUC: the mask as a per-pixel detector of the region (0.5 = chance). Higher on "
+              "lanes and lower on distractors (shadows, cars, stop lines, crosswalks) is better.")
+    return t
+
+
+def perturbation_table(model: Model, frames: Frames, masks: dict, edges: np.ndarray, s: dict, out: Path) -> Table:
+    k, steps, size = min(s["perturb_frames"], len(frames.index)), s["steps"], s["region"]
+    rng = np.random.default_rng(0)
+    orders = dict(masks, **{"edge map (baseline)": edges})
+    curves = {name: [] for name in list(orders) + ["random order"]}
+    bar = _bar(k * len(curves), "vbp eval: region perturbation")
+    for i in range(k):
+        image = frames.image[i].astype(np.float32)
+        noise = rng.uniform(0, 255, image.shape).astype(np.float32)
+        for name, m in orders.items():
+            curves[name].append(ev.perturbation_curve(model.predict, image, m[i], steps, size, noise))
+            bar.update()
+        curves["random order"].append(ev.perturbation_curve(model.predict, image, rng.random(image.shape), steps,
+                                                            size, noise))
+        bar.update()
+    bar.close()
+    mean = {name: np.mean(c, axis=0) for name, c in curves.items()}
+    rand = ev.aopc(mean["random order"])
+    t = Table("perturbation", "Region perturbation (most relevant first)",
+              ["method", "AOPC (deg)", "AOPC / random", "change after all steps (deg)"])
+    t.rows = [[name, ev.aopc(c), ev.aopc(c) / rand if rand > 0 else float("nan"), float(c[-1])]
+              for name, c in mean.items()]
+    t.note = (f"{k} frames; {steps} regions of {size}x{size} px replaced by uniform noise, one per step, in the "
+              "order of the method's mask; AOPC = mean |angle change| over steps 0..L (Samek et al. 2017). Higher "
+              "means the mask found what the prediction depends on; the random order is the baseline.")
+    line_plot(out / "perturbation.png", np.arange(steps + 1),
+              {name: (c, "k--" if name == "random order" else "-") for name, c in mean.items()},
+              "regions replaced", "mean |angle change| (deg)", "Region perturbation, most relevant first")
+    return t
+
+
+def keep_top_table(model: Model, frames: Frames, masks: dict, edges: np.ndarray, s: dict, n: int) -> Table:
+    frac = s["keep"]
+    base = model.predict(frames.image[:n])
+    rng = np.random.default_rng(1)
+    orders = dict(masks, **{"edge map (baseline)": edges[:n], "random pixels": rng.random(frames.image[:n].shape)})
+    t = Table("keep_top", f"Keep the top {frac:.0%}: how far the angle moves",
+              ["method", "mean abs. angle change (deg)", "median (deg)"])
+    for name, m in orders.items():
+        kept = np.stack([ev.keep_top(im, mm, frac) for im, mm in zip(frames.image[:n], m[:n])])
+        d = np.abs(model.predict(kept) - base)
+        t.rows.append([name, float(d.mean()), float(np.median(d))])
+    t.note = (f"{n} frames; every pixel outside the {frac:.0%} most relevant set to black (Chen et al.'s fidelity "
+              f"test, done on the steering angle). Lower is better. Mean |angle| of the model on these frames: "
+              f"{float(np.abs(base).mean()):.2f} deg.")
+    return t
+
+
+def temporal_table(frames: Frames, masks: dict, next_masks: dict, pairs: int) -> Table:
+    t = Table("temporal", "Temporal stability on consecutive frames", ["method", "mask correlation t, t+1"])
+    t.rows = [[name, _mean(ev.consecutive_correlation(masks[name][:pairs], next_masks[name]))]
+              for name in masks]
+    t.rows.append(["input images (reference)", _mean(ev.consecutive_correlation(
+        frames.image[:pairs], frames.next_image[:pairs]))])
+    t.note = (f"{pairs} pairs of consecutive frames; Pearson correlation of the masks. A debugging overlay that "
+              "flickers while the image barely changes is hard to read; the input images' own correlation is the "
+              "reference.")
+    return t
+
+
+def sanity_tables(model: Model, frames: Frames, masks: dict, edges: np.ndarray, s: dict, quick: bool,
+                  out: Path) -> list:
+    k = min(s["sanity_frames"], len(frames.index))
+    images = frames.image[:k]
+    steps = ev.randomization_steps(model.net)
+    keep = {0, len(steps) - 1} if quick else set(range(len(steps)))
+    labels, corr, last = [], {name: [] for name in masks}, {}
+    bar = _bar(len(keep) * len(masks), "vbp eval: cascading randomization")
+    for i, (label, rand) in enumerate(ev.cascading_randomization(model.net, seed=0)):
+        if i not in keep:
+            continue
+        labels.append(label)
+        for name in masks:
+            m = model.masks(images, name, net=rand)
+            corr[name].append(_mean([ev.spearman(a, b) for a, b in zip(masks[name][:k], m)]))
+            last[name] = m
+            bar.update()
+    bar.close()
+    t = Table("sanity", "Sanity checks: cascading weight randomization and image recovery",
+              ["method", "rank corr. after head randomized", "rank corr. after all randomized",
+               "edge-map similarity (trained)", "edge-map similarity (random weights)", "passes"])
+    for name in masks:
+        trained_edges = _mean([ev.spearman(a, b) for a, b in zip(masks[name][:k], edges[:k])])
+        random_edges = _mean([ev.spearman(a, b) for a, b in zip(last[name], edges[:k])])
+        t.rows.append([name, corr[name][0], corr[name][-1], trained_edges, random_edges,
+                       "yes" if corr[name][-1] < SANITY_THRESHOLD else "no"])
+    t.note = (f"{k} frames. Layers re-initialized top down (Adebayo et al.): first the fully connected head, then "
+              "each convolution. Spearman rank correlation between the trained model's mask and the mask of the "
+              f"randomized model; a method passes when the fully randomized correlation is below {SANITY_THRESHOLD} "
+              "(its mask depends on what the network learned). The edge-map columns are the rank correlation with a "
+              "Sobel edge map of the input (Nie et al.: a method that still matches the edges with random weights "
+              "recovers the image instead of explaining the decision).")
+    line_plot(out / "sanity.png", np.arange(len(labels)), corr, "layers randomized (cumulative, top down)",
+              "rank correlation with trained mask", "Cascading randomization", xticks=labels)
+    return [t]
+
+
+def bias_table(net, nobn, frames: Frames, n: int, batch: int, out: Path) -> Table:
+    import torch
+
+    from .methods.affine import decompose
+    from .methods.vbp import chain_for
+    models = {"with BatchNorm": net}
+    if nobn is not None:
+        models["without BatchNorm"] = nobn
+    ratios = {}
+    for label, m in models.items():
+        m.eval()
+        scale = m.config.input_scale
+        x_all = frames.image[:n]
+        layers = ["input"] + list(range(len(chain_for(m, (1, *x_all.shape[1:])).links)))
+        per = []
+        for s0 in range(0, n, batch):
+            x = torch.from_numpy(x_all[s0:s0 + batch].astype(np.float32) * np.float32(scale))[:, None]
+            _, ds = decompose(m, x, layers)
+            per.append(np.stack([ev.bias_score_ratio(d.bias.numpy(), d.score.numpy()) for d in ds], axis=1))
+        ratios[label] = np.concatenate(per)
+    depth = ["input"] + [f"conv{i + 1}" for i in range(next(iter(ratios.values())).shape[1] - 1)]
+    t = Table("bias_ratio", "Bias/score ratio per layer (piece-wise affine decomposition)",
+              ["layer"] + [f"median b/F, {k}" for k in ratios])
+    for j, name in enumerate(depth):
+        t.rows.append([name] + [float(np.nanmedian(r[:, j])) for r in ratios.values()])
+    t.note = (f"{n} frames. F = W·a + b exactly at each post-ReLU conv map a (and at the input); the table gives the "
+              "median over frames of b/F, F being the explained score (|angle|). Chen et al. (Fig. 3) found the bias "
+              "share larger, and falling more abruptly towards the output, with BatchNorm."
+              + ("" if nobn is not None else " No model without BatchNorm was given (--nobn-model): only the "
+                 "shipped model is shown."))
+    line_plot(out / "bias_ratio.png", np.arange(len(depth)),
+              {k: np.nanmedian(r, axis=0) for k, r in ratios.items()}, "layer", "median bias / score",
+              "Bias share of the score per layer", xticks=depth)
+    return t
+
+
+def _mean(values) -> float:
+    """Mean over the finite values (NaN marks an all-zero or constant mask); NaN when none is finite."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _header(args, s, store, frames: Frames, n, pairs, t0) -> str:
+    cmd = "vbp eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["eval"] else \
+        "vbp eval (called from Python)"
+    return (f"# vbp eval report\n\n`{cmd}`\n\n"
+            f"- model: `{args.model}`; store: `{store}` ({args.split}), frames {int(frames.index[0])}..."
+            f"{int(frames.index[-1])} ({len(frames.index)} picked, {n} for pointing/keep-top, {pairs} pairs)\n"
+            f"- settings: {', '.join(f'{k}={v}' for k, v in s.items())}; lrp eps={args.lrp_eps}"
+            f"{'; QUICK MODE (smoke test, not a measurement)' if args.quick else ''}\n"
+            f"- started {time.strftime('%Y-%m-%d %H:%M', time.localtime(t0))}\n")
+
+
+FOOTER = ("Masks are compared as displayed (each method's `mask`, in [0,1]). The sign-classifier top-5 "
+          "agreement of Chen et al. is not part of this report.\n")
