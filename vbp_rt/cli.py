@@ -9,6 +9,7 @@ import sys
 SUBCOMMAND_MODULES = [
     "vbp_rt.explain_cmd",
     "data.cli",
+    "vbp_rt.eval_cmd",
     "viewer.cli",
 ]
 
