@@ -34,13 +34,15 @@ def level_scale(k: int) -> tuple[int, int]:
 
 
 def _noise_bank(rng, count=3, rows=ROWS + 2 * MARGIN + ROWS, cols=COLS):
-    """Tileable-enough multi-scale noise fields in [-1, 1] (fine, medium, coarse summed)."""
+    """Multi-scale noise fields in [-1, 1]: fine grain plus coarse blotches (made small, then enlarged)."""
     bank = []
     for _ in range(count):
         total = np.zeros((rows, cols), np.float32)
         for sigma, weight in ((0.8, 0.45), (3.0, 0.35), (12.0, 0.5), (40.0, 0.6)):
-            field = rng.standard_normal((rows, cols)).astype(np.float32)
-            field = cv2.GaussianBlur(field, (0, 0), sigma)
+            shrink = max(1.0, sigma / 2)
+            small = rng.standard_normal((int(rows / shrink) + 1, int(cols / shrink) + 1)).astype(np.float32)
+            small = cv2.GaussianBlur(small, (0, 0), sigma / shrink)
+            field = cv2.resize(small, (cols, rows), interpolation=cv2.INTER_LINEAR) if shrink > 1 else small[:rows, :cols]
             total += weight * field / (field.std() + 1e-6)
         bank.append(np.clip(total / 2.0, -1, 1))
     return bank
@@ -55,17 +57,18 @@ class GroundPainter:
         self.noise = _noise_bank(np.random.default_rng([seed, 2]))
         self.cache: dict[int, tuple[list, list]] = {}
 
-    def segment(self, j: int):
-        """([color level k (rows_k, cols_k, 3)], [masks level k (rows_k, cols_k, 2)]) of segment j."""
+    def segment(self, j: int) -> tuple[list, list]:
+        """Segment j at every pyramid level: colours (rows_k, cols_k, 3) and masks (rows_k, cols_k, 2) uint8,
+        the mask channels being lane-marking paint and distractor coverage (0-255)."""
         if j not in self.cache:
-            colors, maskl = self._paint(j)
-            colors, maskl = [colors], [maskl]
+            colors, masks = self._paint(j)
+            colors, masks = [colors], [masks]
             for k in range(1, LEVELS):
                 a, c = level_scale(k)
                 size = (COLS // c, ROWS // a)
                 colors.append(cv2.resize(colors[-1], size, interpolation=cv2.INTER_AREA))
-                maskl.append(cv2.resize(maskl[-1], size, interpolation=cv2.INTER_AREA))
-            self.cache[j] = (colors, maskl)
+                masks.append(cv2.resize(masks[-1], size, interpolation=cv2.INTER_AREA))
+            self.cache[j] = (colors, masks)
         return self.cache[j]
 
     def forget_before(self, j: int) -> None:
@@ -110,7 +113,7 @@ class GroundPainter:
                 if c1 <= c0:
                     continue
                 cols = slice(c0, c1)
-                wear = np.clip(0.5 + 1.6 * tex2[:, cols] * sec.wear + (sec.wear - 0.3) * 1.2, 0, 1)
+                wear = np.clip(sec.wear * (0.6 + 1.2 * tex2[:, cols]), 0, 1)  # fraction of paint gone
                 band = self._line_coverage(N[:, cols], S, centre, sec, line.dashed)
                 alpha = band * keep * (1 - wear) * sec.paint
                 color[:, cols] += (PAINT[line.color] - color[:, cols]) * alpha[..., None]
@@ -120,7 +123,7 @@ class GroundPainter:
         self._shadows(rng, sec, color, distractor, rows)
         sl = slice(MARGIN, MARGIN + ROWS)
         color = np.clip(color[sl], 0, 255).astype(np.uint8)
-        masks = (np.stack([lane[sl], distractor[sl]], axis=-1) * 255 + 0.5).astype(np.uint8)
+        masks = (cv2.merge([lane[sl], distractor[sl]]) * 255 + 0.5).astype(np.uint8)
         return color, masks
 
     @staticmethod

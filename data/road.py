@@ -138,7 +138,7 @@ def _section(rng, start, shadows) -> Section:
         asphalt=tuple(float(c) for c in np.clip(gray + tint, 40, 170)), shoulder=float(rng.uniform(0.2, 1.5)),
         verge=str(rng.choice(["grass", "dry", "gravel", "sidewalk"], p=[0.4, 0.25, 0.2, 0.15])),
         speed=float(rng.uniform(11, 25) if kind != "urban" else rng.uniform(9, 16)),
-        weave=float(rng.uniform(0.05, 0.45)), shadows=shadows * float(rng.choice([0.0, 0.5, 1.0, 2.0])),
+        weave=float(rng.uniform(0.15, 0.6)), shadows=shadows * float(rng.choice([0.0, 0.5, 1.0, 2.0])),
         sun=float(rng.uniform(0.3, 1.0)),
     )
     sec.lines = _lines(rng, sec)
@@ -153,10 +153,7 @@ class Road:
         self.length = float(length)
         self.s = np.arange(0.0, length + DS, DS)
         knots = _curvature_knots(rng, length + 50)
-        self.kappa = np.interp(self.s, knots[:, 0], knots[:, 1])
-        self.theta = np.concatenate([[0.0], np.cumsum((self.kappa[1:] + self.kappa[:-1]) / 2) * DS])
-        self.x = np.concatenate([[0.0], np.cumsum((np.cos(self.theta[1:]) + np.cos(self.theta[:-1])) / 2) * DS])
-        self.y = np.concatenate([[0.0], np.cumsum((np.sin(self.theta[1:]) + np.sin(self.theta[:-1])) / 2) * DS])
+        self.set_curvature(np.interp(self.s, knots[:, 0], knots[:, 1]))
         self.sections: list[Section] = []
         start = 0.0
         while start < length:
@@ -175,7 +172,14 @@ class Road:
                 self.transverse.append(Transverse(s, "crosswalk", float(rng.uniform(2.5, 4.0)),
                                                   float(rng.uniform(0.4, 0.6)), float(rng.uniform(0.4, 0.8))))
         # the in-lane weave: a few slow sinusoids in s
-        self._weave = [(rng.uniform(60, 400), rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 1.0)) for _ in range(3)]
+        self._weave = [(rng.uniform(40, 250), rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 1.0)) for _ in range(3)]
+
+    def set_curvature(self, kappa: np.ndarray) -> None:
+        """Set the curvature samples (1/m, positive left) and integrate heading and position."""
+        self.kappa = np.asarray(kappa, float)
+        self.theta = np.concatenate([[0.0], np.cumsum((self.kappa[1:] + self.kappa[:-1]) / 2) * DS])
+        self.x = np.concatenate([[0.0], np.cumsum((np.cos(self.theta[1:]) + np.cos(self.theta[:-1])) / 2) * DS])
+        self.y = np.concatenate([[0.0], np.cumsum((np.sin(self.theta[1:]) + np.sin(self.theta[:-1])) / 2) * DS])
 
     def section(self, s: float) -> Section:
         return self.sections[int(np.searchsorted(self._starts, s, side="right")) - 1]
@@ -193,7 +197,7 @@ class Road:
     def weave(self, s):
         """Target offset inside the lane (m, positive left) at s."""
         s = np.asarray(s, float)
-        total = sum(a * np.sin(2 * np.pi * s / wl + ph) for wl, ph, a in self._weave) / 2.4
+        total = sum(a * np.sin(2 * np.pi * s / wl + ph) for wl, ph, a in self._weave) / 1.5
         amp = np.interp(s, self._starts, [sec.weave for sec in self.sections])
         return total * amp
 

@@ -46,8 +46,7 @@ class SynthOptions:
 class SynthFrame:
     index: int
     image: np.ndarray  # (480, 640, 3) BGR uint8
-    lane: np.ndarray  # (480, 640) uint8 lane-marking coverage 0-255
-    distractor: np.ndarray  # (480, 640) uint8 distractor coverage 0-255
+    masks: np.ndarray  # (480, 640, 2) uint8 coverage 0-255: lane-marking paint, distractors
     angle: float  # steering wheel degrees, positive left
     speed: float  # m/s
 
@@ -136,8 +135,9 @@ class Drive:
         a, b = np.where(valid, a, 0.05), np.where(valid, b, -50.0)
 
         image = np.empty((480, 640, 3), np.uint8)
-        masks = np.empty((480, 640, 2), np.uint8)
-        self._draw_sky(image, masks, v0, horizon, pose[2])
+        masks = np.empty((480, 640, 2), np.uint8)  # lane-marking paint, distractor coverage
+        self._draw_sky(image, v0, horizon, pose[2])
+        masks[:v0] = 0
         u = cam.u
         for k in range(LEVELS):
             rows = np.flatnonzero(level == k)
@@ -148,29 +148,27 @@ class Drive:
             mx = ((np.outer(a[r0:r1], u) + b[r0:r1, None]) / across - 0.5).astype(np.float32)
             my = ((np.outer(c[r0:r1], u) + e[r0:r1, None]) / along - 0.5).astype(np.float32)
             color, mask = levels[k]
-            dst = slice(v0 + r0, v0 + r1)
-            image[dst] = cv2.remap(color, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-            masks[dst] = cv2.remap(mask, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        self._haze(image, masks, v0, horizon)
-        lane, distractor = np.ascontiguousarray(masks[..., 0]), np.ascontiguousarray(masks[..., 1])
-        self.traffic.draw(cam, pose, horizon, image, lane, distractor)
+            band = slice(v0 + r0, v0 + r1)
+            cv2.remap(color, mx, my, cv2.INTER_LINEAR, dst=image[band], borderMode=cv2.BORDER_REFLECT_101)
+            cv2.remap(mask, mx, my, cv2.INTER_LINEAR, dst=masks[band], borderMode=cv2.BORDER_REFLECT_101)
+        self._haze(image, v0, horizon)
+        self.traffic.draw(cam, pose, horizon, image, masks)
         image = self._expose(image, i)
-        return SynthFrame(i, image, lane, distractor, angle=float(np.degrees(state.delta) * STEERING_RATIO),
+        return SynthFrame(i, image, masks,  angle=float(np.degrees(state.delta) * STEERING_RATIO),
                           speed=float(state.v))
 
-    def _draw_sky(self, image, masks, v0, horizon, heading):
-        image[:v0] = self.sky[:v0]
-        masks[:v0] = 0
+    def _draw_sky(self, image, v0, horizon, heading):
+        """Sky, clouds and the skyline above the horizon."""
         az = heading + np.arctan2(-self.camera.u, self.camera.f)
         idx = ((az % (2 * np.pi)) / (2 * np.pi) * len(self.skyline)).astype(int) % len(self.skyline)
         top = horizon - self.skyline[idx]
-        r0 = max(0, int(top.min()) - 1)
-        rows = np.arange(r0, v0, dtype=np.float32)[:, None]
-        cover = np.clip(rows - top[None, :] + 0.5, 0, 1)[..., None]
+        r0 = min(max(0, int(top.min()) - 1), v0)
+        image[:r0] = self.sky[:r0]
+        cover = np.clip(np.arange(r0, v0, dtype=np.float32)[:, None] - top[None, :] + 0.5, 0, 1)[..., None]
         tree = np.array([70, 95, 80], np.float32)
-        image[r0:v0] = (image[r0:v0] * (1 - cover) + tree * cover).astype(np.uint8)
+        image[r0:v0] = self.sky[r0:v0] * (1 - cover) + tree * cover
 
-    def _haze(self, image, masks, v0, horizon):
+    def _haze(self, image, v0, horizon):
         """Blend distant ground rows towards the horizon colour."""
         rows = np.arange(v0, min(v0 + 40, 480))
         depth = self.camera.f * self.camera.h / (rows - horizon)
@@ -190,9 +188,8 @@ class Drive:
 
 def view_masks(frame: SynthFrame, view) -> tuple[np.ndarray, np.ndarray]:
     """The frame's lane / distractor masks at a view's resolution, 0/1 uint8."""
-    lane = (crop_view(frame.lane, view) >= MASK_THRESHOLD).astype(np.uint8)
-    dist = (crop_view(frame.distractor, view) >= MASK_THRESHOLD).astype(np.uint8)
-    return lane, dist
+    masks = crop_view(frame.masks, view) >= MASK_THRESHOLD
+    return masks[..., 0].astype(np.uint8), masks[..., 1].astype(np.uint8)
 
 
 class _Video:

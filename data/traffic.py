@@ -71,8 +71,9 @@ class Traffic:
         if len(self.cars) < want and self.rng.random() < 0.08 * self.density:
             self._spawn(ego_s, ego_v)
 
-    def draw(self, camera, pose, horizon, image, lane_mask, distractor_mask) -> None:
-        """Draw the cars far to near; they cover lane markings and are distractors."""
+    def draw(self, camera, pose, horizon, image, masks) -> None:
+        """Draw the cars far to near into the image and the (lane, distractor) masks: cars hide lane
+        markings and are distractors, like their shadows."""
         items = []
         for car in self.cars:
             w = self.road.section(car.s).lane_width
@@ -89,18 +90,18 @@ class Traffic:
                 continue
             items.append((Z.min(), car, wx, wy))
         for _, car, wx, wy in sorted(items, key=lambda t: -t[0]):
-            self._draw_car(camera, pose, horizon, car, wx, wy, image, lane_mask, distractor_mask)
+            self._draw_car(camera, pose, horizon, car, wx, wy, image, masks)
 
     @staticmethod
-    def _draw_car(camera, pose, horizon, car, wx, wy, image, lane_mask, distractor_mask):
+    def _draw_car(camera, pose, horizon, car, wx, wy, image, masks):
         u0, v0, _ = camera.project(pose, wx, wy, 0.0, horizon)  # corners 0,1 facing us; 2,3 far
         u1, v1, _ = camera.project(pose, wx, wy, car.height, horizon)
         base = np.stack([u0, v0], axis=1)
         top = np.stack([u1, v1], axis=1)
-        fill = lambda poly, color: _fill(image, lane_mask, distractor_mask, poly, color)
+        fill = lambda poly, color: _fill(image, masks, poly, color)
         # shadow on the ground (slightly larger footprint)
         centre = base.mean(axis=0)
-        shadow = (centre + (base - centre) * 1.12).astype(np.int32)
+        shadow = (centre + (base - centre) * 1.05).astype(np.int32)
         x, y, ww, hh = cv2.boundingRect(shadow)
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + ww, image.shape[1]), min(y + hh, image.shape[0])
@@ -108,8 +109,8 @@ class Traffic:
             roi = np.zeros((y1 - y0, x1 - x0), np.uint8)
             cv2.fillConvexPoly(roi, shadow - [x0, y0], 1)
             sel = roi.astype(bool)
-            image[y0:y1, x0:x1][sel] = (image[y0:y1, x0:x1][sel] * 0.35).astype(np.uint8)
-            distractor_mask[y0:y1, x0:x1][sel] = 255
+            image[y0:y1, x0:x1][sel] = (image[y0:y1, x0:x1][sel] * 0.5).astype(np.uint8)
+            masks[y0:y1, x0:x1, 1][sel] = 255
         body = np.array(car.color, np.float32)
         # the visible side, then the roof if below the camera, then the face towards us
         side = (0, 3) if np.mean(u0[:2]) < camera.cx else (1, 2)
@@ -131,8 +132,7 @@ class Traffic:
         fill(part(0.8, 0.96, 0.3, 0.42), light)
 
 
-def _fill(image, lane_mask, distractor_mask, poly, color) -> None:
+def _fill(image, masks, poly, color) -> None:
     pts = np.round(poly).astype(np.int32)
     cv2.fillConvexPoly(image, pts, tuple(float(c) for c in np.clip(color, 0, 255)), cv2.LINE_AA)
-    cv2.fillConvexPoly(lane_mask, pts, 0)
-    cv2.fillConvexPoly(distractor_mask, pts, 255)
+    cv2.fillConvexPoly(masks, pts, (0, 255))

@@ -1,0 +1,159 @@
+"""Synthetic drives: vehicle/controller, camera geometry against the pinhole formula, masks, determinism, store."""
+from __future__ import annotations
+
+import argparse
+
+import cv2
+import numpy as np
+import pytest
+
+from data import cli as data_cli
+from data.ground import DN0, DS0, HALF, Camera
+from data.preprocess import VIEWS, prepare
+from data.road import STEERING_RATIO, WHEELBASE, CarState, Driver, Road
+from data.store import StoreReader
+from data.synth import Drive, SynthOptions, view_masks, write_synth
+
+
+def test_driver_stays_in_lane_and_steers_with_the_road():
+    road = Road(3000, seed=1)
+    driver = Driver(road, seed=1)
+    angle, kappa, offset, speed = [], [], [], []
+    for _ in range(1500):
+        st = driver.step()
+        angle.append(driver.wheel_angle_deg)
+        kappa.append(np.interp(st.s + 5, road.s, road.kappa))
+        offset.append(st.d)
+        speed.append(st.v)
+    angle, kappa = np.array(angle), np.array(kappa)
+    assert np.abs(offset).max() < 0.9 and min(speed) > 5 and max(speed) <= 25.5
+    # steady-state bicycle model: wheel angle = ratio * atan(wheelbase * curvature), left positive
+    reference = np.degrees(np.arctan(WHEELBASE * kappa)) * STEERING_RATIO
+    assert np.corrcoef(angle, reference)[0, 1] > 0.9
+    slope = (angle * reference).sum() / (reference ** 2).sum()
+    assert 0.8 < slope < 1.2
+    assert angle[kappa > 1 / 300].mean() > 5 and angle[kappa < -1 / 300].mean() < -5
+    # the weave makes the label depend on more than the curvature
+    assert np.std(angle - reference) > 0.5
+
+
+def _straight_road(length=2000.0):
+    road = Road(length, seed=1, crossings_per_km=0, shadows=0)
+    road.set_curvature(np.zeros_like(road.s))
+    for sec in road.sections:
+        sec.weave, sec.wear, sec.paint = 0.0, 0.0, 1.0
+    return road
+
+
+@pytest.mark.parametrize("d, psi", [(0.0, 0.0), (0.4, 0.03), (-0.3, -0.02)])
+def test_ground_mapping_matches_pinhole_camera(d, psi):
+    road = _straight_road()
+    cam = Camera()
+    state = CarState(s=100.0, d=d, psi=psi, v=15.0)
+    pose = cam.pose(road, state)
+    v0, level, (a, b, c, e), valid = cam.ground_rows(road, state, pose, cam.horizon, s_origin=50.0)
+    for v in (240, 255, 300, 390, 479):
+        r = v - v0
+        u = np.array([0.0, 100.0, 320.0, 639.0])
+        n = (a[r] * (u - cam.cx) + b[r]) * DN0 - HALF
+        s = (c[r] * (u - cam.cx) + e[r]) * DS0 + 50.0
+        # independent: ray through pixel (u, v) meets the ground at depth Z, lateral X (right)
+        Z = cam.f * cam.h / (v - cam.horizon)
+        X = (u - cam.cx) * Z / cam.f
+        cam_x = state.s + cam.forward * np.cos(psi)
+        cam_y = d + cam.forward * np.sin(psi)
+        expect_s = cam_x + Z * np.cos(psi) + X * np.sin(psi)
+        expect_n = cam_y + Z * np.sin(psi) - X * np.cos(psi)
+        np.testing.assert_allclose(n, expect_n, atol=0.02)
+        np.testing.assert_allclose(s, expect_s, atol=0.05)
+        assert valid[r]
+    assert (np.diff(level) <= 0).all() and level[-1] == 0  # coarser pyramid levels towards the horizon
+
+
+def test_lane_mask_lies_on_projected_markings():
+    drive = Drive(SynthOptions(frames=1, seed=2, cars=0, shadows=0, crossings_per_km=0, lighting=0, noise=0))
+    drive.road.set_curvature(np.zeros_like(drive.road.s))
+    for sec in drive.road.sections:
+        sec.weave, sec.wear, sec.paint = 0.0, 0.0, 1.0
+    drive.bounce[:] = 0
+    drive.driver.state = CarState(s=60.0, d=0.0, psi=0.0, v=12.0)
+    frame = drive.render(0)
+    st = drive.driver.state
+    sec = drive.road.section(st.s + 5)
+    cam = drive.camera
+    for v in (300, 360, 420):
+        Z = cam.f * cam.h / (v - cam.horizon)
+        lateral = np.array([line.offset * sec.lane_width for line in sec.lines])  # n, left positive
+        cols = cam.cx - cam.f * (lateral - st.d) / Z
+        covered = np.flatnonzero(frame.masks[v, :, 0] >= 128)
+        assert len(covered)
+        # every painted pixel is near a projected line, and each solid line in view is painted
+        reach = (0.12 + sec.line_width / 2) * cam.f / Z + 2  # half a double line, in pixels
+        assert np.abs(covered[:, None] - cols[None, :]).min(axis=1).max() < reach
+        for line, u in zip(sec.lines, cols):
+            if not line.dashed and 5 < u < 635:
+                assert np.abs(covered - u).min() < 4, (v, line)
+    paint = frame.masks[..., 0] >= 128
+    gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+    road_rows = np.zeros_like(paint)
+    road_rows[260:] = True
+    assert gray[paint].mean() > gray[road_rows & ~paint].mean() + 40
+    assert not frame.masks[..., 1].any()  # no distractors asked for
+
+
+def test_drive_is_deterministic_per_seed():
+    opts = SynthOptions(frames=6, seed=3)
+    first = list(Drive(opts))
+    again = list(Drive(opts))
+    other = list(Drive(SynthOptions(frames=6, seed=4)))
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.masks, b.masks)
+        assert a.angle == b.angle and a.speed == b.speed
+    assert not np.array_equal(first[-1].image, other[-1].image)
+
+
+def test_distractors_appear_in_their_mask():
+    drive = Drive(SynthOptions(frames=40, seed=6, cars=4, shadows=4, crossings_per_km=40))
+    frames = [drive.render(i) for i in range(40)]
+    svf = VIEWS["svf"]
+    dist = np.stack([view_masks(f, svf)[1] for f in frames])
+    lane = np.stack([view_masks(f, svf)[0] for f in frames])
+    assert dist.mean() > 0.01 and lane.mean() > 0.005
+    assert set(np.unique(dist)) <= {0, 1} and set(np.unique(lane)) <= {0, 1}
+
+
+def test_write_synth_store_video_and_cli(tmp_path):
+    out, video = tmp_path / "drive.h5", tmp_path / "drive.mp4"
+    args = argparse.Namespace(frames=12, seed=7, out=str(out), video=str(video), views=["svf", "hvf"], height=135,
+                              shadows=1.0, cars=1.0, crossings_per_km=3.0, lighting=1.0, noise=1.0,
+                              no_distractors=False)
+    assert data_cli.run_synth(args) == 0
+    reference = list(Drive(SynthOptions(frames=12, seed=7)))
+    with StoreReader(out) as r:
+        assert len(r) == 12 and r.views == ["hvf", "svf"] and r.has_ground_truth
+        attrs = r.attrs
+        assert attrs["fps"] == 20.0 and attrs["preprocess"]["options"]["seed"] == 7 and attrs["bad_frames"] == 0
+        np.testing.assert_allclose(r.timestamp, np.arange(12) / 20.0)
+        np.testing.assert_allclose(r.angle, [f.angle for f in reference], rtol=1e-6)
+        assert (r.speed > 5).all()
+        for name in ("svf", "hvf"):
+            view = VIEWS[name]
+            for i in (0, 11):
+                np.testing.assert_array_equal(r.images(name)[i], prepare(reference[i].image, view))
+                lane, dist = view_masks(reference[i], view)
+                np.testing.assert_array_equal(r.lane_mask(name)[i], lane)
+                np.testing.assert_array_equal(r.distractor_mask(name)[i], dist)
+    cap = cv2.VideoCapture(str(video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    ok, img = cap.read()
+    assert ok and img.shape == (480, 640, 3)
+    cap.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.h5", "drive.mp4"]
+
+
+def test_synth_rejects_zero_frames(tmp_path):
+    args = argparse.Namespace(frames=0, seed=0, out=str(tmp_path / "x.h5"), video=None, views=["svf"], height=135,
+                              shadows=1, cars=1, crossings_per_km=1, lighting=1, noise=1, no_distractors=True)
+    with pytest.raises(ValueError, match="--frames must be at least 1"):
+        data_cli.run_synth(args)
