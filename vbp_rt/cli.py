@@ -10,6 +10,7 @@ SUBCOMMAND_MODULES = [
     "vbp_rt.explain_cmd",
     "data.cli",
     "vbp_rt.eval_cmd",
+    "trainer.cli",
     "viewer.cli",
 ]
 

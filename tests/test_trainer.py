@@ -1,0 +1,163 @@
+"""`vbp train`: metrics against an independent evaluation, run log contents, resume, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data.store import StoreReader
+from trainer.runlog import RunLogReader
+from trainer.train import TrainConfig, epoch_batches, train
+from vbp_rt import explain
+from vbp_rt.cli import main
+from vbp_rt.models import load_model, read_checkpoint, save_checkpoint, build
+
+from .trainer_helpers import HEIGHT, TINY_NET, make_store, train_args
+
+
+def tiny(store, out, **kw) -> TrainConfig:
+    opts = dict(epochs=2, batch_size=4, lr=1e-3, workers=0, probes=3, height=HEIGHT, net=TINY_NET,
+                snapshots=(0, 0.5))
+    opts.update(kw)
+    return TrainConfig(store=str(store), arch="nethvf", out=str(out), **opts)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("store") / "drive.h5", frames=60)
+
+
+@pytest.fixture(scope="module")
+def run(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = train(tiny(store, out, workers=1))
+    return out, result
+
+
+def rmse_of(model, store, split="test"):
+    with StoreReader(store) as r:
+        s = r.split(split)
+        x = torch.from_numpy(r.images("hvf")[s]).float().unsqueeze(1) / 255
+        y = r.angle[s].astype(np.float64)
+    with torch.no_grad():
+        pred = model.eval()(x)[:, 0].double().numpy()
+    return float(np.sqrt(np.mean((pred - y) ** 2)))
+
+
+def test_run_directory_and_metrics(run, store):
+    out, result = run
+    assert {p.name for p in out.iterdir()} == {"config.json", "last.pt", "best.pt", "runlog.h5"}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["arch"] == "nethvf" and cfg["epochs"] == 2 and cfg["net"] == TINY_NET
+    last = read_checkpoint(out / "last.pt")
+    assert last["position"]["epoch"] == 2 and last["position"]["batch"] == 0
+    assert last["step"] == 2 * len(epoch_batches(np.arange(round(60 * 190 / 210)), 4, 0, 0))
+    assert set(last["optimizer"]["state"])  # momentum buffers saved
+    # the logged validation RMSE is the RMSE of the saved weights, evaluated independently
+    assert rmse_of(load_model(out / "last.pt"), store) == pytest.approx(last["history"][-1]["val_rmse"], rel=1e-4)
+    best = read_checkpoint(out / "best.pt")
+    assert best["best_val_rmse"] == pytest.approx(min(h["val_rmse"] for h in last["history"]))
+    assert rmse_of(load_model(out / "best.pt"), store) == pytest.approx(best["best_val_rmse"], rel=1e-4)
+    with RunLogReader(out / "runlog.h5") as log:
+        m = log.metrics()
+        np.testing.assert_allclose(m["epoch"], [1, 2])
+        np.testing.assert_allclose(m["val_rmse"], [h["val_rmse"] for h in last["history"]])
+        assert np.all(np.isfinite(m["train_loss"])) and np.all(m["lr"] == 1e-3)
+        steps = log.steps()
+        assert len(steps["epoch"]) == last["step"] and np.all(np.diff(steps["epoch"]) > 0)
+
+
+def test_runlog_snapshots_are_vbp_of_the_weights(run, store):
+    out, _ = run
+    with RunLogReader(out / "runlog.h5") as log:
+        probe, snaps = log.probe(), log.snapshots()
+        attrs = log.attrs
+    assert attrs["arch"] == "nethvf" and attrs["view"] == "hvf" and attrs["epochs"] == 2
+    with StoreReader(store) as r:
+        test = r.split("test")
+        assert np.all((probe["index"] >= test.start) & (probe["index"] < test.stop)) and len(probe["index"]) == 3
+        np.testing.assert_array_equal(probe["image"], r.images("hvf")[probe["index"]])
+        np.testing.assert_array_equal(probe["angle"], r.angle[probe["index"]])
+    # 0 (untrained), 0.5, and every epoch end
+    np.testing.assert_allclose(snaps["epoch"], [0, 0.5, 1, 2], atol=1 / 12)
+    assert snaps["mask"].shape == (4, 3, HEIGHT, 351) and snaps["prediction"].shape == (4, 3)
+    model = load_model(out / "last.pt")
+    e = explain(model, torch.from_numpy(probe["image"]).float().unsqueeze(1) / 255, "vbp")
+    np.testing.assert_allclose(snaps["mask"][-1], e.mask.numpy(), atol=2e-3)
+    np.testing.assert_allclose(snaps["prediction"][-1], e.prediction[:, 0].numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(snaps["prediction"][0], snaps["prediction"][-1])
+
+
+def test_resume_continues_the_same_run(store, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny(store, straight, snapshots=()))
+    split = tmp_path / "split"
+    train(tiny(store, split, epochs=1, snapshots=()))
+    train(resume_dir=split, epochs=2)
+    a, b = read_checkpoint(straight / "last.pt"), read_checkpoint(split / "last.pt")
+    assert b["position"] == a["position"] and b["step"] == a["step"]
+    for k in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], rtol=1e-5, atol=1e-6)
+    with RunLogReader(split / "runlog.h5") as log:
+        np.testing.assert_allclose(log.metrics()["epoch"], [1, 2])
+        np.testing.assert_allclose(log.snapshots()["epoch"], [1, 2])
+
+
+def run_cli(args, capsys) -> tuple:
+    code = main(["train", *args])
+    return code, capsys.readouterr().err
+
+
+def test_wrong_view_size(tmp_path, capsys):
+    store = make_store(tmp_path / "short.h5", frames=20, height=HEIGHT + 4)
+    code, err = run_cli(train_args(store, tmp_path / "run"), capsys)
+    assert code == 2 and str(store) in err and f"351x{HEIGHT + 4}" in err and f"351x{HEIGHT}" in err
+
+
+def test_missing_view(tmp_path, capsys):
+    store = make_store(tmp_path / "svf_only.h5", frames=20, views=("svf",))
+    code, err = run_cli(train_args(store, tmp_path / "run"), capsys)
+    assert code == 2 and str(store) in err and "no view 'hvf'" in err
+
+
+def test_empty_split(tmp_path, capsys):
+    store = make_store(tmp_path / "three.h5", frames=3)
+    code, err = run_cli(train_args(store, tmp_path / "run"), capsys)
+    assert code == 2 and str(store) in err and "train split has 3 frames" in err
+
+
+def test_empty_or_missing_validation_store(tmp_path, capsys):
+    store = make_store(tmp_path / "drive.h5", frames=20)
+    empty = make_store(tmp_path / "empty.h5", frames=0)
+    code, err = run_cli(train_args(store, tmp_path / "run", "--val-store", empty), capsys)
+    assert code == 2 and str(empty) in err and "has 0 frames" in err
+    code, err = run_cli(train_args(store, tmp_path / "run", "--val-store", tmp_path / "none.h5"), capsys)
+    assert code == 2 and "none.h5 does not exist" in err
+
+
+def test_nan_labels(tmp_path, capsys):
+    store = make_store(tmp_path / "nan.h5", frames=20, nan_at=5)
+    code, err = run_cli(train_args(store, tmp_path / "run"), capsys)
+    assert code == 2 and str(store) in err and "NaN" in err and "frame 5" in err
+
+
+def test_resume_missing_and_corrupt_checkpoint(tmp_path, capsys):
+    code, err = run_cli(["--resume", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "nowhere" in err and "does not exist" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    code, err = run_cli(["--resume", str(run)], capsys)
+    assert code == 2 and str(run / "last.pt") in err and "does not exist" in err
+    (run / "last.pt").write_bytes(b"\x80\x02 truncated")
+    code, err = run_cli(["--resume", str(run)], capsys)
+    assert code == 2 and str(run / "last.pt") in err and "corrupt" in err
+    save_checkpoint(run / "last.pt", build("nethvf", height=HEIGHT, channels=(4, 4), strides=(), fc=(8,)))
+    code, err = run_cli(["--resume", str(run)], capsys)
+    assert code == 2 and str(run / "last.pt") in err and "without training state" in err
+
+
+def test_resume_refuses_new_settings(tmp_path, capsys):
+    code, err = run_cli(["--resume", str(tmp_path), "--lr", "0.1"], capsys)
+    assert code == 2 and "--lr" in err

@@ -1,0 +1,85 @@
+"""`vbp train STORE.h5 --arch netsvf|nethvf --out RUN_DIR` and `vbp train --resume RUN_DIR`."""
+from __future__ import annotations
+
+import json
+import os
+
+DEFAULTS = dict(epochs=32, batch_size=32, lr=1e-4, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
+                height=135, checkpoint_minutes=10.0)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train NetSVF/NetHVF on an HDF5 store (or resume a run)",
+        description="Train a steering network on a store written by `vbp data`: SGD with momentum, MSE on the "
+                    "steering wheel angle in degrees, validation RMSE each epoch. RUN_DIR receives config.json, "
+                    "last.pt, best.pt (by validation RMSE) and runlog.h5 (probe-frame VBP masks and metrics, "
+                    "readable while training runs). Several processes: launch the same command with "
+                    "`torchrun --nproc_per_node N -m vbp_rt.cli train ...`.",
+        epilog="example: vbp train drive.h5 --arch netsvf --out runs/svf --epochs 8; "
+               "after a kill: vbp train --resume runs/svf")
+    p.add_argument("store", nargs="?", help="training store (.h5 from `vbp data`); its train split trains")
+    p.add_argument("--arch", choices=["netsvf", "nethvf"], help="network: netsvf (640x135 view 'svf') or "
+                                                                "nethvf (351x135 view 'hvf')")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt "
+                                                       "(--epochs, --device, --workers may be changed)")
+    p.add_argument("--epochs", type=int, help=f"epochs to train (default {DEFAULTS['epochs']}, as in the paper)")
+    p.add_argument("--batch-size", type=int, help=f"global batch size, split among processes "
+                                                  f"(default {DEFAULTS['batch_size']})")
+    p.add_argument("--lr", type=float, help=f"SGD learning rate (default {DEFAULTS['lr']})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {DEFAULTS['momentum']})")
+    p.add_argument("--val-store", help="validate on every frame of this store instead of the test split")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present, else CPU")
+    p.add_argument("--workers", type=int, help=f"background data-loading processes (default {DEFAULTS['workers']};"
+                                               " 0 loads in the training process)")
+    p.add_argument("--snapshots", help="fractional epochs at which to store probe masks, besides every epoch end "
+                                       "(default 0.1,0.5,1,4,16,32; include 0 for the untrained network)")
+    p.add_argument("--probes", type=int, help=f"probe frames from the validation frames (default {DEFAULTS['probes']})")
+    p.add_argument("--seed", type=int, help="seed of the weights and of the frame order (default 0)")
+    p.add_argument("--height", type=int, help="network input height; must match the store's views (default 135)")
+    p.add_argument("--net", metavar="JSON", help="network config overrides, e.g. '{\"channels\": [8, 8, 16, 16], "
+                                                 "\"fc\": [64]}' for a small experiment")
+    p.add_argument("--checkpoint-minutes", type=float, help="also write last.pt mid-epoch this often (default 10)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
+    p.set_defaults(func=run)
+
+
+def _snapshots(text: str) -> tuple:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"--snapshots expects comma-separated epochs like 0.1,0.5,1, got {text!r}") from None
+
+
+def run(args) -> int:
+    import torch
+
+    from .train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.resume:
+        fixed = [o for o in ("store", "arch", "out", "batch_size", "lr", "momentum", "val_store", "snapshots",
+                             "probes", "seed", "height", "net", "checkpoint_minutes") if getattr(args, o) is not None]
+        if fixed:
+            raise ValueError(f"--resume continues a run with its own settings; do not give "
+                             f"{', '.join('--' + o.replace('_', '-') if o != 'store' else 'STORE' for o in fixed)}")
+        result = train(resume_dir=args.resume, epochs=args.epochs, device=args.device, workers=args.workers)
+    else:
+        if not (args.store and args.arch and args.out):
+            raise ValueError("vbp train needs STORE, --arch and --out (or --resume RUN_DIR)")
+        options = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+        if args.val_store:
+            options["val_store"] = args.val_store
+        if args.snapshots is not None:
+            options["snapshots"] = _snapshots(args.snapshots)
+        if args.net:
+            try:
+                options["net"] = json.loads(args.net)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--net expects a JSON object, got {args.net!r} ({e})") from None
+        result = train(TrainConfig(store=args.store, arch=args.arch, out=args.out, **options))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"best validation RMSE {result['best_val_rmse']:.3f} deg")
+    return 0

@@ -1,0 +1,365 @@
+"""The training loop: NetSVF/NetHVF on an HDF5 store, SGD with momentum, MSE on degrees.
+
+A run directory holds config.json, last.pt, best.pt (by validation RMSE) and runlog.h5 (see
+trainer.runlog). The order of training frames in epoch e is a permutation drawn from (seed, e), so a
+checkpoint's position (epoch, batch) is enough to continue exactly where it was written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data.store import StoreReader
+from vbp_rt.explain import explain
+from vbp_rt.models import ConvNet, build, read_checkpoint, save_checkpoint
+
+from . import distributed
+from .runlog import RunLogReader, RunLogWriter
+
+ARCHS = ("netsvf", "nethvf")
+RUN_FILES = ("config.json", "last.pt", "best.pt", "runlog.h5")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (written to RUN_DIR/config.json and into every checkpoint)."""
+
+    store: str
+    arch: str
+    out: str
+    epochs: int = 32
+    batch_size: int = 32
+    lr: float = 1e-4
+    momentum: float = 0.9
+    val_store: str | None = None
+    device: str = "auto"
+    workers: int = 2
+    snapshots: tuple = (0.1, 0.5, 1, 4, 16, 32)
+    probes: int = 8
+    seed: int = 0
+    height: int = 135
+    net: dict = field(default_factory=dict)  # NetConfig overrides (channels, fc, ...)
+    checkpoint_minutes: float = 10.0  # also write last.pt mid-epoch this often
+
+    def __post_init__(self):
+        self.snapshots = tuple(float(s) for s in self.snapshots)
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; vbp train knows {', '.join(ARCHS)}")
+        for name in ("epochs", "batch_size", "probes"):
+            if getattr(self, name) < (0 if name == "probes" else 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
+
+
+class FrameDataset(Dataset):
+    """Batches of (uint8 images (B,H,W), angles (B,)) read from a store by index lists.
+
+    The HDF5 file is opened lazily in the process that reads (each DataLoader worker has its own).
+    """
+
+    def __init__(self, path, view: str):
+        self.path, self.view = str(path), view
+        self._reader = None
+
+    def __getstate__(self):
+        return {"path": self.path, "view": self.view, "_reader": None}
+
+    def __getitem__(self, indices):
+        if self._reader is None:
+            self._reader = StoreReader(self.path)
+        idx = np.asarray(indices, np.int64)
+        order = np.argsort(idx)
+        images = np.empty((len(idx),) + self._reader.images(self.view).shape[1:], np.uint8)
+        images[order] = self._reader.images(self.view)[idx[order]]
+        return torch.from_numpy(images), torch.from_numpy(self._reader.angle[idx].astype(np.float32))
+
+
+def loader(dataset: FrameDataset, batches: list, workers: int) -> DataLoader:
+    """Background loading: `workers` processes read the batches ahead of the training step."""
+    return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=workers,
+                      prefetch_factor=4 if workers else None, pin_memory=torch.cuda.is_available())
+
+
+def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int) -> list:
+    """The epoch's global batches: a permutation drawn from (seed, epoch), complete batches only."""
+    perm = np.random.default_rng([seed, epoch]).permutation(indices)
+    n = len(perm) // batch_size
+    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n)]
+
+
+def check_store(path, split: str, view: str, height: int, width: int, need: int) -> np.ndarray:
+    """Indices of `split` in a store, after checking the view size, the split size and the labels."""
+    with StoreReader(path) as r:
+        if view not in r.views:
+            raise ValueError(f"store {path} has no view {view!r} (it has {', '.join(r.views) or 'none'}); "
+                             f"write one with `vbp data ... --views {view}`")
+        v = r.view(view)
+        if (v.height, v.width) != (height, width):
+            raise ValueError(f"store {path}: view {view!r} is {v.width}x{v.height}, the network expects "
+                             f"{width}x{height} (width x height; set --height to match the store's views)")
+        s = r.split(split)
+        idx = np.arange(s.start, s.stop)
+        if len(idx) < need:
+            raise ValueError(f"store {path}: the {split} split has {len(idx)} frames of {len(r)}; "
+                             f"need at least {need}")
+        bad = np.flatnonzero(~np.isfinite(r.angle[idx]))
+        if len(bad):
+            raise ValueError(f"store {path}: {len(bad)} NaN/inf steering angles in the {split} split "
+                             f"(first at frame {idx[bad[0]]}); expected finite angles in degrees")
+    return idx
+
+
+def probe_frames(path, view: str, indices: np.ndarray, count: int) -> dict:
+    """Up to `count` frames spread evenly over the validation frames."""
+    pick = indices[np.unique(np.linspace(0, len(indices) - 1, count).round().astype(int))]
+    with StoreReader(path) as r:
+        images = r.images(view)[pick] if len(pick) else np.zeros((0,) + r.images(view).shape[1:], np.uint8)
+        return {"image": images, "angle": r.angle[pick].astype(np.float32), "index": pick}
+
+
+def to_input(images: torch.Tensor, model: ConvNet, device) -> torch.Tensor:
+    return images.to(device, non_blocking=True).unsqueeze(1).float() * model.config.input_scale
+
+
+class Trainer:
+    """One run: builds or restores the model, optimizer, data, run log, and trains to `cfg.epochs`."""
+
+    def __init__(self, cfg: TrainConfig, ctx: distributed.Context, resume: dict | None = None):
+        self.cfg, self.ctx = cfg, ctx
+        self.run_dir = Path(cfg.out)
+        torch.manual_seed(cfg.seed)
+        overrides = dict(cfg.net)
+        if "channels" in overrides:
+            overrides.setdefault("strides", ())  # recomputed for the new depth
+        self.model = build(cfg.arch, height=cfg.height, **overrides)
+        view, height, width = self.model.config.view, self.model.config.height, self.model.config.width
+        self.view = view
+        if cfg.batch_size % ctx.world:
+            raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world} processes")
+        self.train_idx = check_store(cfg.store, "train", view, height, width, cfg.batch_size)
+        val_path, val_split = (cfg.val_store, "all") if cfg.val_store else (cfg.store, "test")
+        self.val_path = val_path
+        self.val_idx = check_store(val_path, val_split, view, height, width, 1)
+        self.model.to(ctx.device)
+        self.net = distributed.wrap(self.model, ctx)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        self.train_data = FrameDataset(cfg.store, view)
+        self.val_data = FrameDataset(val_path, view)
+        self.steps_per_epoch = len(self.train_idx) // cfg.batch_size
+        self.pos = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0}
+        self.best = math.inf
+        self.history = []
+        if resume is not None:
+            self.model.load_state_dict(resume["state_dict"])
+            self.opt.load_state_dict(resume["optimizer"])
+            self.pos = dict(resume["position"])
+            self.best = resume["best_val_rmse"]
+            self.history = list(resume["history"])
+        self.runlog = None
+        if ctx.main:
+            self.runlog = self._open_runlog(resume is not None)
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def progress(self) -> float:
+        return self.pos["epoch"] + self.pos["batch"] / self.steps_per_epoch
+
+    def _open_runlog(self, resuming: bool) -> RunLogWriter:
+        path = self.run_dir / "runlog.h5"
+        keep, probe = None, None
+        if resuming and path.exists():
+            with RunLogReader(path) as old:
+                keep, probe = old.rows_until(self.progress()), old.probe()
+        if probe is None:
+            probe = probe_frames(self.val_path, self.view, self.val_idx, self.cfg.probes)
+        attrs = {"arch": self.cfg.arch, "view": self.view, "store": str(Path(self.cfg.store).resolve()),
+                 "epochs": self.cfg.epochs}
+        return RunLogWriter(path, attrs, probe, keep=keep)
+
+    def _checkpoint_extra(self) -> dict:
+        return {"train_config": asdict(self.cfg), "optimizer": self.opt.state_dict(), "position": dict(self.pos),
+                "epoch": self.progress(), "step": self.pos["step"], "best_val_rmse": self.best,
+                "history": list(self.history), "metrics": self.history[-1] if self.history else {}}
+
+    def save(self, best: bool = False) -> None:
+        extra = self._checkpoint_extra()
+        save_checkpoint(self.run_dir / "last.pt", self.model, **extra)
+        if best:
+            save_checkpoint(self.run_dir / "best.pt", self.model, **extra)
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def validate(self) -> float:
+        """RMSE in degrees over the validation frames (eval mode; shared among processes)."""
+        distributed.sync_buffers(self.net, self.ctx)
+        self.model.eval()
+        mine = self.val_idx[self.ctx.rank::self.ctx.world]
+        batches = [mine[i:i + self.cfg.batch_size] for i in range(0, len(mine), self.cfg.batch_size)]
+        sq, n = 0.0, 0
+        with torch.no_grad():
+            for images, angles in loader(self.val_data, batches, self.cfg.workers):
+                pred = self.model(to_input(images, self.model, self.ctx.device))[:, 0].cpu().double()
+                sq += float(((pred - angles.double()) ** 2).sum())
+                n += len(angles)
+        self.model.train()
+        sq, n = distributed.all_sum([sq, n], self.ctx)
+        return math.sqrt(sq / n)
+
+    def snapshot(self) -> None:
+        """VBP masks and predictions of the probe frames, at the current fractional epoch (rank 0)."""
+        if self.runlog is None:
+            return
+        probe = self.runlog.file["probe"]["image"][()]
+        if len(probe):
+            self.model.eval()
+            x = to_input(torch.from_numpy(probe), self.model, self.ctx.device)
+            e = explain(self.model, x, "vbp")
+            self.model.train()
+            masks, preds = e.mask.cpu().numpy().astype(np.float16), e.prediction[:, 0].cpu().numpy()
+        else:
+            masks, preds = np.zeros((0,) + probe.shape[1:], np.float16), np.zeros(0, np.float32)
+        self.runlog.snapshot(self.progress(), masks, preds)
+
+    # -- training ----------------------------------------------------------------------------------
+    def pending_snapshots(self) -> list:
+        """Snapshot points still ahead of the current position (fractions and every epoch end)."""
+        points = {float(e) for e in range(1, self.cfg.epochs + 1)} | set(self.cfg.snapshots)
+        return sorted(p for p in points if p > self.progress() + 1e-9 and p <= self.cfg.epochs)
+
+    def run(self) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        if self.progress() == 0 and 0.0 in cfg.snapshots:
+            self.snapshot()
+        pending = self.pending_snapshots()
+        self.net.train()
+        last_save = time.monotonic()
+        while self.pos["epoch"] < cfg.epochs:
+            epoch = self.pos["epoch"]
+            batches = epoch_batches(self.train_idx, cfg.batch_size, cfg.seed, epoch)[self.pos["batch"]:]
+            mine = [b[ctx.rank::ctx.world] for b in batches]
+            bar = tqdm(total=len(batches) * cfg.batch_size, unit="img", disable=not ctx.main, leave=False,
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
+            t0, step_epochs, step_losses = time.monotonic(), [], []
+            for images, angles in loader(self.train_data, mine, cfg.workers):
+                x = to_input(images, self.model, ctx.device)
+                y = angles.to(ctx.device).unsqueeze(1)
+                loss = torch.nn.functional.mse_loss(self.net(x), y)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world
+                if not math.isfinite(value):
+                    raise ValueError(f"training diverged at epoch {self.progress():.3f} (loss {value}); "
+                                             f"try a smaller --lr (now {cfg.lr})")
+                self.pos["batch"] += 1
+                self.pos["step"] += 1
+                self.pos["loss_sum"] += value
+                self.pos["loss_count"] += 1
+                step_epochs.append(self.progress())
+                step_losses.append(value)
+                bar.update(cfg.batch_size)
+                bar.set_postfix(loss=f"{value:.3g}")
+                if self.runlog is not None and (len(step_losses) >= 16 or self.pos["batch"] == self.steps_per_epoch):
+                    self.runlog.steps(step_epochs, step_losses)
+                    step_epochs, step_losses = [], []
+                while pending and pending[0] <= self.progress() + 1e-9 and pending[0] < epoch + 1:
+                    self.snapshot()
+                    pending.pop(0)
+                if ctx.main and time.monotonic() - last_save > cfg.checkpoint_minutes * 60 \
+                        and self.pos["batch"] < self.steps_per_epoch:
+                    self.save()
+                    last_save = time.monotonic()
+            bar.close()
+            if self.runlog is not None and step_losses:
+                self.runlog.steps(step_epochs, step_losses)
+            seconds = time.monotonic() - t0
+            train_loss = self.pos["loss_sum"] / max(self.pos["loss_count"], 1)
+            self.pos.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_count=0)
+            val = self.validate()
+            lr = self.opt.param_groups[0]["lr"]
+            improved = val < self.best
+            self.best = min(self.best, val)
+            self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_rmse": val, "lr": lr,
+                                 "seconds": seconds, "images_per_second": len(batches) * cfg.batch_size / seconds})
+            if ctx.main:
+                self.runlog.metrics(epoch + 1, train_loss, val, lr)
+                while pending and pending[0] <= self.progress() + 1e-9:
+                    self.snapshot()
+                    pending.pop(0)
+                self.save(best=improved)
+                last_save = time.monotonic()
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4g} deg^2, val RMSE {val:.3f} deg"
+                      f"{' (best)' if improved else ''}, {len(batches) * cfg.batch_size / seconds:.1f} img/s, "
+                      f"{seconds:.0f} s", flush=True)
+            distributed.barrier(ctx)
+        return {"best_val_rmse": self.best, "history": self.history}
+
+    def close(self) -> None:
+        if self.runlog is not None:
+            self.runlog.close()
+
+
+def write_config(cfg: TrainConfig) -> None:
+    path = Path(cfg.out) / "config.json"
+    tmp = path.with_name(".config.json.tmp")
+    tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_resume(run_dir) -> tuple:
+    """(TrainConfig, checkpoint) of RUN_DIR/last.pt, with clear errors for a missing or foreign file."""
+    path = Path(run_dir) / "last.pt"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist (expected one written by `vbp train --out`)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: expected the last checkpoint of a run started with "
+                                f"`vbp train --out {run_dir}`")
+    ckpt = read_checkpoint(path)
+    for name in RUN_FILES:  # temporary files of writes a kill interrupted
+        for tmp in Path(run_dir).glob(f".{name}.*tmp"):
+            tmp.unlink(missing_ok=True)
+    missing = [k for k in ("train_config", "optimizer", "position", "history") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is a model checkpoint without training state ({', '.join(missing)} missing); "
+                         f"expected RUN_DIR/last.pt written by `vbp train`")
+    tc = dict(ckpt["train_config"])
+    tc["out"] = str(run_dir)
+    return TrainConfig(**tc), ckpt
+
+
+def train(cfg: TrainConfig | None = None, resume_dir=None, epochs: int | None = None, device: str | None = None,
+          workers: int | None = None) -> dict:
+    """Train a new run (`cfg`) or continue one (`resume_dir`, optionally with more `epochs`)."""
+    ckpt = None
+    if resume_dir is not None:
+        cfg, ckpt = load_resume(resume_dir)
+        for name, value in (("epochs", epochs), ("device", device), ("workers", workers)):
+            if value is not None:
+                setattr(cfg, name, value)
+    ctx = distributed.setup(cfg.device)
+    try:
+        if ctx.main:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            write_config(cfg)
+        distributed.barrier(ctx)
+        trainer = Trainer(cfg, ctx, resume=ckpt)
+        try:
+            if ctx.main and ckpt is None:
+                trainer.save()  # a resumable last.pt from step 0 on
+            if ctx.main and ckpt is not None:
+                print(f"resuming {cfg.out} at epoch {trainer.progress():.3f} (step {trainer.pos['step']})",
+                      file=sys.stderr)
+            return trainer.run()
+        finally:
+            trainer.close()
+    finally:
+        distributed.cleanup(ctx)
