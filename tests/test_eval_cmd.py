@@ -12,7 +12,7 @@ import vbp_rt
 from data.preprocess import View
 from data.store import StoreWriter
 from vbp_rt import cli
-from vbp_rt.eval_cmd import load_frames
+from vbp_rt.eval_cmd import load_frames, parse_methods
 from vbp_rt.models import NetConfig, build, save_checkpoint
 
 SMALL = View("svf", 64, 24, 255, 390)
@@ -81,12 +81,13 @@ def test_quick_report_has_every_table_method_and_plot(small):
 def test_default_drive_is_generated_with_seed_3(tmp_path):
     out = tmp_path / "report"
     model = tiny_net(tmp_path, "tiny.pt", height=135, width=640)
-    assert cli.main(["eval", "--quick", "--model", model, "--methods", "vbp", "--drive-frames", "3",
+    assert cli.main(["eval", "--quick", "--model", model, "--methods", "vbp,lrp:eps=0.5", "--drive-frames", "3",
                      "--out", str(out)]) == 0
     store = out / "heldout_seed3_3.h5"
     frames = load_frames(store, "svf", 2)
     assert frames.image.shape == (2, 135, 640) and frames.lane is not None and frames.lane.any()
-    assert [r["method"] for r in read_csv(out / "temporal.csv")] == ["vbp", "input images (reference)"]
+    assert [r["method"] for r in read_csv(out / "temporal.csv")] == ["vbp", "lrp:eps=0.5",
+                                                             "input images (reference)"]
 
 
 def test_errors_name_the_problem(small, tmp_path):
@@ -103,3 +104,12 @@ def test_errors_name_the_problem(small, tmp_path):
     save_checkpoint(sign, build(NetConfig(arch="sign", height=24, width=64, channels=(4, 4), fc=(8,), outputs=3,
                                           view="svf")).eval())
     assert cli.main(["eval", "--model", str(sign), "--store", str(small / "drive.h5"), "--out", str(tmp_path)]) == 2
+
+
+def test_method_specs():
+    assert parse_methods("vbp, lrp:eps=0.01,gradcam:layer=-2,affine:layer=features.5") == {
+        "vbp": ("vbp", {}), "lrp:eps=0.01": ("lrp", {"eps": 0.01}), "gradcam:layer=-2": ("gradcam", {"layer": -2}),
+        "affine:layer=features.5": ("affine", {"layer": "features.5"})}
+    for bad in ("lrp:eps", "nope", " , "):
+        with pytest.raises(ValueError):
+            parse_methods(bad)

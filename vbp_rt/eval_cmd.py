@@ -46,7 +46,9 @@ def add_parser(sub) -> None:
                                                        "for training)")
     p.add_argument("--drive-frames", type=int, help=f"length of the generated drive (default "
                                                     f"{DEFAULTS['drive_frames']})")
-    p.add_argument("--methods", help="comma-separated methods (default: every registered method)")
+    p.add_argument("--methods", help="comma-separated methods, each optionally with options: NAME[:KEY=VALUE[:...]], "
+                                     "e.g. 'vbp,lrp,lrp:eps=0.01,gradcam:layer=5' (default: every registered "
+                                     "method with its defaults)")
     p.add_argument("--frames", type=int, help=f"frames for pointing and keep-top, spread over the drive "
                                               f"(default {DEFAULTS['frames']})")
     p.add_argument("--pairs", type=int, help=f"consecutive-frame pairs for temporal stability "
@@ -60,7 +62,6 @@ def add_parser(sub) -> None:
                                                      f"(default {DEFAULTS['sanity_frames']})")
     p.add_argument("--nobn-model", help="the same network trained without BatchNorm, for the bias/score "
                                         "comparison (see docs/evaluation.md for how it was made)")
-    p.add_argument("--lrp-eps", type=float, default=100.0, help="epsilon of lrp (default 100, as in the paper)")
     p.add_argument("--batch-size", type=int, help="frames per explain call (default 8)")
     p.add_argument("--out", default="eval-report", help="output folder (default eval-report)")
     p.add_argument("--quick", action="store_true", help="a few frames and steps: a smoke test for CI (seconds "
@@ -106,21 +107,22 @@ def generate_drive(path: Path, seed: int, frames: int, view: str, height: int) -
 class Model:
     """A steering model with its input scaling: masks per method, and predictions for image batches."""
 
-    def __init__(self, net, batch_size: int, method_options: dict):
+    def __init__(self, net, batch_size: int, specs: dict):
         self.net = net.eval()
         self.scale = net.config.input_scale
         self.batch = batch_size
-        self.options = method_options
+        self.specs = specs  # label -> (registered method, options)
 
     def input(self, images: np.ndarray):
         import torch
         return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) * np.float32(self.scale))[:, None]
 
-    def masks(self, images: np.ndarray, method: str, net=None) -> np.ndarray:
+    def masks(self, images: np.ndarray, label: str, net=None) -> np.ndarray:
         from .explain import explain
         net = self.net if net is None else net
-        out = [explain(net, self.input(images[s:s + self.batch]), method, **self.options.get(method, {}))
-               .mask.numpy() for s in range(0, len(images), self.batch)]
+        method, options = self.specs[label]
+        out = [explain(net, self.input(images[s:s + self.batch]), method, **options).mask.numpy()
+               for s in range(0, len(images), self.batch)]
         return np.concatenate(out)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -129,6 +131,37 @@ class Model:
         with torch.no_grad():
             return np.concatenate([self.net(self.input(images[s:s + 2 * self.batch]))[:, 0].numpy()
                                    for s in range(0, len(images), 2 * self.batch)])
+
+
+def parse_methods(text: str) -> dict:
+    """'vbp,lrp:eps=0.01' -> {"vbp": ("vbp", {}), "lrp:eps=0.01": ("lrp", {"eps": 0.01})}; numbers become
+    int/float, anything else stays a string. Unknown methods raise a ValueError listing the known ones."""
+    from . import methods as registry
+    specs = {}
+    for label in (t.strip() for t in text.split(",")):
+        if not label:
+            continue
+        method, *pairs = label.split(":")
+        registry.get(method)
+        options = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"method option {pair!r} in {label!r} is not KEY=VALUE")
+            options[key] = _number(value)
+        specs[label] = (method, options)
+    if not specs:
+        raise ValueError("--methods names no method")
+    return specs
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _settings(args) -> dict:
@@ -158,9 +191,8 @@ def run(args) -> int:
     cfg = net.config
     if cfg.outputs != 1:
         raise ValueError(f"vbp eval measures steering models with one output; {args.model} has {cfg.outputs}")
-    names = registry.available() if not args.methods else [m.strip() for m in args.methods.split(",") if m.strip()]
-    for name in names:
-        registry.get(name)
+    specs = parse_methods(args.methods) if args.methods else {m: (m, {}) for m in registry.available()}
+    names = list(specs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = Path(args.store) if args.store else None
@@ -169,7 +201,7 @@ def run(args) -> int:
         if not store.exists():
             generate_drive(store, args.seed, s["drive_frames"], cfg.view, cfg.height)
     torch.manual_seed(0)
-    model = Model(net, s["batch_size"], {"lrp": {"eps": args.lrp_eps}})
+    model = Model(net, s["batch_size"], specs)
     frames = load_frames(store, cfg.view, max(s["frames"], s["pairs"], s["perturb_frames"], s["sanity_frames"]),
                          args.split)
     n = min(s["frames"], len(frames.index))
@@ -373,7 +405,7 @@ def _header(args, s, store, frames: Frames, n, pairs, t0) -> str:
     return (f"# vbp eval report\n\n`{cmd}`\n\n"
             f"- model: `{args.model}`; store: `{store}` ({args.split}), frames {int(frames.index[0])}..."
             f"{int(frames.index[-1])} ({len(frames.index)} picked, {n} for pointing/keep-top, {pairs} pairs)\n"
-            f"- settings: {', '.join(f'{k}={v}' for k, v in s.items())}; lrp eps={args.lrp_eps}"
+            f"- settings: {', '.join(f'{k}={v}' for k, v in s.items())}"
             f"{'; QUICK MODE (smoke test, not a measurement)' if args.quick else ''}\n"
             f"- started {time.strftime('%Y-%m-%d %H:%M', time.localtime(t0))}\n")
 
