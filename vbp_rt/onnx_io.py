@@ -27,7 +27,7 @@ from .methods.vbp import backproject
 from .upsample import natural_size
 
 MAX_IR_VERSION = 10  # onnxruntime 1.31 refuses the IR version 14 that onnx 1.23's helper writes
-MIN_OPSET = 13  # the head's Reduce*/Pad/Slice forms; older models are converted first
+MIN_OPSET = 9  # the head uses Where (opset 9); older models are converted first
 DEFAULT_OPSET = 17
 ONNX_FORMAT = "vbp-rt-onnx"
 VARIANTS = ("maps", "vbp", "lrp")
@@ -75,139 +75,42 @@ class GraphBuilder:
         return out
 
     def reduce(self, op_type: str, x: str, axes, keepdims: int = 1, base: str | None = None) -> str:
-        if self.opset >= 18 or op_type == "ReduceSum" and self.opset >= 13:
+        if self.opset >= 18:
             return self.op(op_type, [x, self.const(list(axes), np.int64, "axes")], base, keepdims=keepdims)
         return self.op(op_type, [x], base, axes=list(axes), keepdims=keepdims)
 
     def reshape(self, x: str, shape, base: str | None = None) -> str:
         return self.op("Reshape", [x, self.const(list(shape), np.int64, "shape")], base)
 
-    def pad(self, x: str, begins, ends, base: str | None = None) -> str:
-        if not any(begins) and not any(ends):
-            return x
-        return self.op("Pad", [x, self.const(list(begins) + list(ends), np.int64, "pads")], base)
-
-    def slice(self, x: str, starts, ends, axes, base: str | None = None) -> str:
-        return self.op("Slice", [x, self.const(list(starts), np.int64, "starts"), self.const(list(ends), np.int64, "ends"),
-                                 self.const(list(axes), np.int64, "axes")], base)
-
     def where_positive(self, x: str, then: str, otherwise: str) -> str:
         positive = self.op("Greater", [x, self.const(0.0)])
         return self.op("Where", [positive, then, otherwise])
 
 
-def channel_mean(b: GraphBuilder, x: str, base: str) -> str:
-    """(N,C,h,w) -> (N,1,h,w) mean over channels."""
-    return b.reduce("ReduceMean", x, [1], base=base)
+def channel_mean(b: GraphBuilder, x: str, channels: int) -> str:
+    """(N,C,h,w) -> (N,1,h,w) mean over channels, as a 1x1 convolution with weights 1/C.
 
-
-def upscale(b: GraphBuilder, m: str, op: SpatialOp, n_prefix=(0,)) -> str:
-    """All-ones transposed conv of a (N,1,h,w) map with `op`'s geometry, landing exactly on op.in_hw.
-
-    Same result as vbp_rt.upsample.ones_transposed_conv.
+    onnxruntime keeps a convolution on the blocked (NCHWc) layout the network's convolutions write, so the
+    map is read once in place; a ReduceMean over axis 1 first converts every map back to NCHW and ran
+    about 3x slower here (docs/onnx.md).
     """
-    return UPSCALE[_STRATEGY[0]](b, m, op)
+    return b.op("Conv", [x, b.const(np.full((1, channels, 1, 1), 1.0 / channels), base="mean_weight")], "mean")
 
 
-def _upscale_convtranspose(b, m, op, separable=False):
-    kernels = [op.kernel] if not separable else [(op.kernel[0], 1), (1, op.kernel[1])]
-    pads, out_pad = _transposed_pads(op)
-    if not separable:
-        w = b.const(np.ones((1, 1) + tuple(op.kernel)), base="ones")
-        return b.op("ConvTranspose", [m, w], "upscale", strides=list(op.stride), dilations=list(op.dilation),
-                    pads=list(pads), output_padding=list(out_pad))
-    for ax in range(2):
-        k = [1, 1]
-        k[ax] = op.kernel[ax]
-        sel = lambda v, neutral: [v[ax] if a == ax else neutral for a in range(2)]
-        w = b.const(np.ones((1, 1) + tuple(k)), base="ones")
-        m = b.op("ConvTranspose", [m, w], "upscale", strides=sel(op.stride, 1), dilations=sel(op.dilation, 1),
-                 pads=sel(pads[:2], 0) + sel(pads[2:], 0), output_padding=sel(out_pad, 0))
-    return m
-
-
-def _transposed_pads(op: SpatialOp):
-    """ConvTranspose pads and output_padding for `op` so the output is exactly op.in_hw."""
+def upscale(b: GraphBuilder, m: str, op: SpatialOp) -> str:
+    """All-ones transposed conv of a (N,1,h,w) map with `op`'s geometry, landing exactly on op.in_hw
+    (the same result as vbp_rt.upsample.ones_transposed_conv)."""
     pads, out_pad = list(op.padding), [0, 0]
     for ax in range(2):
         extra = op.in_hw[ax] - natural_size(op.out_hw[ax], op.kernel[ax], op.stride[ax], op.padding[ax],
                                             op.padding[ax + 2], op.dilation[ax])
         if extra >= 0:
             out_pad[ax] = extra
-        else:
+        else:  # a ceil-mode pooling window ran past the map: crop the end instead
             pads[ax + 2] -= extra
-    return pads, out_pad
-
-
-def _zero_stuff(b, m, op):
-    (h, w), (sh, sw) = op.out_hw, op.stride
-    if (sh, sw) == (1, 1):
-        return m
-    x = b.reshape(m, [0, h, 1, w, 1])
-    x = b.pad(x, [0] * 5, [0, 0, sh - 1, 0, sw - 1])
-    x = b.reshape(x, [0, 1, h * sh, w * sw])
-    return b.slice(x, [0, 0], [(h - 1) * sh + 1, (w - 1) * sw + 1], [2, 3])
-
-
-def _box_pads(op):
-    """Pads (begin, end per axis) of the zero-stuffed map so a k-window sum lands on op.in_hw directly."""
-    begins, ends = [], []
-    for ax in range(2):
-        k, s, d = op.kernel[ax], op.stride[ax], op.dilation[ax]
-        length = (op.out_hw[ax] - 1) * s + 1
-        a = d * (k - 1) - op.padding[ax]
-        begins.append(a)
-        ends.append(op.in_hw[ax] - length + op.padding[ax])
-    return begins, ends
-
-
-def _crop_or_pad(b, x, begins, ends):
-    pb = [max(0, v) for v in begins]
-    pe = [max(0, v) for v in ends]
-    x = b.pad(x, [0, 0] + pb, [0, 0] + pe)
-    if any(v < 0 for v in begins + ends):
-        raise NotImplementedError
-    return x
-
-
-def _upscale_pool(b, m, op):
-    if op.dilation != (1, 1):
-        return _upscale_convtranspose(b, m, op)
-    x = _zero_stuff(b, m, op)
-    begins, ends = _box_pads(op)
-    inner_b = [min(v, k - 1) for v, k in zip(begins, op.kernel)]
-    inner_e = [min(v, k - 1) for v, k in zip(ends, op.kernel)]
-    x = _crop_or_pad(b, x, [v - i for v, i in zip(begins, inner_b)], [v - i for v, i in zip(ends, inner_e)])
-    return b.op("AveragePool", [x], "upscale", kernel_shape=list(op.kernel), pads=inner_b + inner_e,
-                count_include_pad=1)
-
-
-def _upscale_conv(b, m, op):
-    x = _zero_stuff(b, m, op)
-    begins, ends = _box_pads(op)
-    x = _crop_or_pad(b, x, begins, ends)
-    w = b.const(np.ones((1, 1) + tuple(op.kernel)), base="ones")
-    return b.op("Conv", [x, w], "upscale", dilations=list(op.dilation))
-
-
-def _upscale_slices(b, m, op):
-    x = _zero_stuff(b, m, op)
-    begins, ends = _box_pads(op)
-    x = _crop_or_pad(b, x, begins, ends)
-    for ax in range(2):
-        k, d, n = op.kernel[ax], op.dilation[ax], op.in_hw[ax]
-        parts = [b.slice(x, [a * d], [a * d + n], [ax + 2]) for a in range(k)]
-        acc = parts[0]
-        for p in parts[1:]:
-            acc = b.op("Add", [acc, p])
-        x = acc
-    return x
-
-
-UPSCALE = {"convtranspose": _upscale_convtranspose,
-           "separable": lambda b, m, op: _upscale_convtranspose(b, m, op, separable=True),
-           "pool": _upscale_pool, "conv": _upscale_conv, "slices": _upscale_slices}
-_STRATEGY = ["convtranspose"]
+    ones = b.const(np.ones((1, 1, *op.kernel)), base="ones")
+    return b.op("ConvTranspose", [m, ones], "upscale", strides=list(op.stride), dilations=list(op.dilation),
+                pads=pads, output_padding=out_pad)
 
 
 def rescale(b: GraphBuilder, m: str) -> str:
@@ -217,20 +120,21 @@ def rescale(b: GraphBuilder, m: str) -> str:
 
 
 def normalize01(b: GraphBuilder, m: str, hw) -> str:
-    """Per-image min-max to [0,1] (as vbp_rt.explain.normalize01), reshaped to (N,H,W)."""
+    """Per-image min-max to [0,1] (as vbp_rt.explain.normalize01), reshaped to (N,H,W). A constant image
+    has m - min = 0 exactly, so dividing by 1 there gives the zeros normalize01 returns."""
     lo = b.reduce("ReduceMin", m, [1, 2, 3])
     span = b.op("Sub", [b.reduce("ReduceMax", m, [1, 2, 3]), lo])
     scaled = b.op("Div", [b.op("Sub", [m, lo]), b.where_positive(span, span, b.const(1.0))])
-    return b.reshape(b.where_positive(span, scaled, b.const(0.0)), [0, hw[0], hw[1]], "mask")
+    return b.reshape(scaled, [0, hw[0], hw[1]], "mask")
 
 
-def vbp_head(b: GraphBuilder, chain: Chain) -> str:
-    """Nodes computing the VBP mask (N,H,W) from the chain's map tensors; returns the mask's name."""
-    averages = [channel_mean(b, link.name, "mean") for link in chain.links]
+def vbp_head(b: GraphBuilder, chain: Chain) -> tuple:
+    """Nodes computing the VBP mask (N,H,W) from the chain's map tensors with
+    vbp_rt.methods.vbp.backproject's loop; returns (mask name, channel-mean names)."""
+    averages = [channel_mean(b, link.name, link.shape[0]) for link in chain.links]
     m, _ = backproject(averages, chain, upscale=lambda m, op: upscale(b, m, op),
                        combine=lambda m, a: rescale(b, b.op("Mul", [m, a])))
-    return normalize01(b, m, chain.links[0].ops[0].in_hw)
-
+    return normalize01(b, m, chain.links[0].ops[0].in_hw), averages
 
 
 def _keep_outputs(m: onnx.ModelProto, drop) -> None:
@@ -254,14 +158,16 @@ def append_vbp_head(model, chain: Chain | None = None, input_shape=None, output:
         raise ValueError(f"the ONNX model already has an output named {output!r}")
     if opset_of(m) < MIN_OPSET:
         m = version_converter.convert_version(m, MIN_OPSET)
+    if onnx_graph.data_input(m).type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise ValueError("the VBP head is built for float32 models; this ONNX model's input is not float32")
     b = GraphBuilder(m, "vbp")
-    mask = vbp_head(b, chain)
+    mask, means = vbp_head(b, chain)
     _keep_outputs(m, set(chain.names))
     m.graph.node.append(helper.make_node("Identity", [mask], [output], name=output))
     m.graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT,
                                                         [_batch_dim(m), *chain.links[0].ops[0].in_hw]))
     m.ir_version = min(m.ir_version, MAX_IR_VERSION)
-    _set_meta(m, {"vbp_rt.vbp_output": output})
+    _set_meta(m, {"vbp_rt.vbp_output": output, "vbp_rt.vbp_means": means})
     return m
 
 

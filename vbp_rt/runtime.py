@@ -32,6 +32,7 @@ from .methods import vbp as vbp_method
 
 BACKENDS = ("ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")  # "auto" tries them in this order
 ONNX_METHODS = ("vbp", "lrp")
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
 
 @dataclass
@@ -199,14 +200,16 @@ class _OrtEngine:
             providers, options = ["CPUExecutionProvider"], cpu_session_options(threads, spinning)
         self.input = onnx_graph.data_input(graph).name
         self.prediction = outputs["prediction"]
-        parts = split_stages(graph, self.prediction, {m: outputs[m] for m in methods})
+        means = onnx_io.metadata(graph).get("vbp_rt.vbp_means", []) if "vbp" in methods else []
+        parts = split_stages(graph, self.prediction, {m: outputs[m] for m in methods}, means)
         self.stages = {name: _Stage(part, providers, options, device) for name, part in parts.items()}
         self.outputs = outputs
         runs_on = self.stages["forward"].session.get_providers()[0]
         if device == "cuda" and runs_on != "CUDAExecutionProvider":
             raise ValueError(f"onnxruntime could not start CUDA (the session runs on {runs_on}); "
                              "use backend='ort-cpu' or fix the CUDA/cuDNN installation")
-        self._bound_batch = None
+        self.results = {self.prediction, *(outputs[m] for m in methods)}
+        self._buffers = None
 
     @staticmethod
     def _graph(kind, obj, path, methods, eps, input_shape):
@@ -237,53 +240,84 @@ class _OrtEngine:
         return graph, outputs
 
     def run(self, x: np.ndarray, methods) -> tuple:
+        if self.cuda_graph:
+            return self._run_captured(x, methods)
         timings, masks = {}, {}
-        fwd = self.stages["forward"]
-        values = self._run_stage(fwd, {self.input: x}, timings, "forward")
-        prediction = values[self.prediction].numpy()
+        frame = ort.OrtValue.ortvalue_from_numpy(x, self.device, 0)  # on the device once, for every stage
+        values = self._run_stage("forward", {self.input: frame}, timings)
         for m in methods:
-            stage = self.stages[m]
-            feeds = {name: (x if name == self.input else values[name]) for name in stage.inputs}
-            out = self._run_stage(stage, feeds, timings, m)
-            masks[m] = out[self.outputs[m]].numpy()
-        return prediction, masks, timings
+            feeds = {name: frame if name == self.input else values[name] for name in self.stages[m].inputs}
+            masks[m] = self._run_stage(m, feeds, timings)[self.outputs[m]].numpy()
+        return values[self.prediction].numpy(), masks, timings
 
-    def _run_stage(self, stage: _Stage, feeds: dict, timings: dict, key: str) -> dict:
-        """Bind, run and time one stage; outputs stay on the stage's device as OrtValues."""
-        b = stage.binding
+    def _run_stage(self, key: str, feeds: dict, timings: dict) -> dict:
+        """Bind and run one stage: results come back to the host, what a later stage reads stays on the device."""
+        b = self.stages[key].binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
-        for name, v in feeds.items():
-            if isinstance(v, np.ndarray):
-                b.bind_cpu_input(name, v)
-            else:
-                b.bind_ortvalue_input(name, v)
-        for name in stage.outputs:
-            b.bind_output(name, stage.device)
+        for name, value in feeds.items():
+            b.bind_ortvalue_input(name, value)
+        for name in self.stages[key].outputs:
+            b.bind_output(name, "cpu" if name in self.results else self.device, 0)
+        return self._timed(key, timings)
+
+    def _timed(self, key: str, timings: dict) -> dict:
+        stage = self.stages[key]
         t0 = time.perf_counter()
-        b.synchronize_inputs()
-        stage.session.run_with_iobinding(b)
-        b.synchronize_outputs()
+        stage.binding.synchronize_inputs()
+        stage.session.run_with_iobinding(stage.binding)
+        stage.binding.synchronize_outputs()  # the device finished: the time is the stage's real latency
         timings[key] = (time.perf_counter() - t0) * 1000.0
-        return dict(zip(stage.outputs, b.get_outputs()))
+        return dict(zip(stage.outputs, stage.binding.get_outputs()))
+
+    def _run_captured(self, x: np.ndarray, methods) -> tuple:
+        """CUDA graphs replay fixed device addresses: every input and output is a buffer allocated once."""
+        if self._buffers is None:
+            self._allocate(x.shape)
+        elif self._buffers[self.input].shape() != list(x.shape):
+            raise ValueError(f"with cuda_graph=True the input shape is fixed at the first run "
+                             f"{tuple(self._buffers[self.input].shape())}; got {x.shape} (create another Runtime)")
+        self._buffers[self.input].update_inplace(x)
+        timings, masks = {}, {}
+        self._timed("forward", timings)
+        for m in methods:
+            self._timed(m, timings)
+            masks[m] = self._buffers[self.outputs[m]].numpy()
+        return self._buffers[self.prediction].numpy(), masks, timings
+
+    def _allocate(self, shape) -> None:
+        buffers = {self.input: ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, "cuda", 0)}
+        for stage in self.stages.values():
+            for o in stage.session.get_outputs():
+                dims = [shape[0] if k == 0 else d for k, d in enumerate(o.shape)]
+                if not all(isinstance(d, int) for d in dims):
+                    raise ValueError(f"cuda_graph needs static shapes; output {o.name} has shape {o.shape}")
+                buffers[o.name] = ort.OrtValue.ortvalue_from_shape_and_type(dims, _NUMPY_TYPES[o.type], "cuda", 0)
+        for stage in self.stages.values():
+            for name in stage.inputs:
+                stage.binding.bind_ortvalue_input(name, buffers[name])
+            for name in stage.outputs:
+                stage.binding.bind_ortvalue_output(name, buffers[name])
+        self._buffers = buffers
 
     @property
     def providers(self) -> list:
         return self.stages["forward"].session.get_providers()
 
 
-def split_stages(graph: onnx.ModelProto, prediction: str, method_outputs: dict) -> dict:
-    """Cut a graph into "forward" (what `prediction` needs, plus the tensors the heads read from it) and one
-    head per method (the rest of that method's output's ancestry). Returns {stage: ModelProto}."""
+def split_stages(graph: onnx.ModelProto, prediction: str, method_outputs: dict, forward_outputs=()) -> dict:
+    """Cut a graph into "forward" (what `prediction` and `forward_outputs` need) and one head per method
+    (the rest of that method's output's ancestry, reading what it needs from the forward stage's outputs).
+    Returns {stage: ModelProto}."""
     inferred = onnx.shape_inference.infer_shapes(graph)
     producer = {o: n for n in inferred.graph.node for o in n.output}
     inits = {i.name for i in inferred.graph.initializer}
+    source = onnx_graph.data_input(inferred).name
 
-    def ancestry(tensor: str) -> list:
-        seen, todo, nodes = set(), [tensor], []
+    def ancestry(tensors) -> list:
+        seen, todo, nodes = set(), list(tensors), []
         while todo:
-            t = todo.pop()
-            n = producer.get(t)
+            n = producer.get(todo.pop())
             if n is None or id(n) in seen:
                 continue
             seen.add(id(n))
@@ -291,19 +325,16 @@ def split_stages(graph: onnx.ModelProto, prediction: str, method_outputs: dict) 
             todo.extend(n.input)
         return nodes
 
-    forward = {id(n) for n in ancestry(prediction)}
-    source = onnx_graph.data_input(inferred).name
-    heads, boundary = {}, {}
+    forward = {id(n) for n in ancestry([prediction, *forward_outputs])}
+    boundary = {}
     for method, out in method_outputs.items():
-        head_nodes = [n for n in ancestry(out) if id(n) not in forward]
-        produced = {o for n in head_nodes for o in n.output}
-        needs = {t for n in head_nodes for t in n.input if t and t not in produced and t not in inits}
-        boundary[method] = sorted(needs)
-        heads[method] = out
+        head = [n for n in ancestry([out]) if id(n) not in forward]
+        produced = {o for n in head for o in n.output}
+        boundary[method] = sorted({t for n in head for t in n.input if t and t not in produced and t not in inits})
+    cross = sorted({t for ts in boundary.values() for t in ts} - {source, prediction})
     ex = onnx_utils.Extractor(inferred)
-    cross = sorted({t for ts in boundary.values() for t in ts if t != source})
-    parts = {"forward": ex.extract_model([source], [prediction, *[t for t in cross if t != prediction]])}
-    for method, out in heads.items():
+    parts = {"forward": ex.extract_model([source], [prediction, *cross])}
+    for method, out in method_outputs.items():
         parts[method] = ex.extract_model(boundary[method], [out])
     for p in parts.values():
         p.ir_version = min(p.ir_version, onnx_io.MAX_IR_VERSION)
