@@ -12,6 +12,7 @@ def add_parser(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="SOURCE")
     dsub.required = True
     _add_synth(dsub)
+    _add_udacity(dsub)
     p.set_defaults(func=lambda args: args.data_func(args))
 
 
@@ -60,4 +61,38 @@ def run_synth(args) -> int:
     summary = write_synth(Path(args.out), options, views=args.views, height=args.height, video=args.video)
     print(f"vbp data synth: {summary['frames']} frames -> {args.out}" + (f" and {args.video}" if args.video else "")
           + f" ({summary['fps']:.1f} frames/s)")
+    return 0
+
+
+def _add_udacity(dsub) -> None:
+    p = dsub.add_parser(
+        "udacity", help="ingest Udacity driving data (ROS1 bags, bagdump folders, simulator logs, comma.ai)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Synchronise centre-camera frames with steering and speed (interpolated to each image's "
+                    "timestamp), keep frames faster than --min-speed, convert to gray, crop and scale to each view. "
+                    "SOURCE: a .bag file or folder of bags (/center_camera/image_color[/compressed], "
+                    "/vehicle/steering_report), a bagdump folder (interpolated.csv, or camera.csv + steering.csv, "
+                    "images under center/), a simulator driving_log.csv (or its folder), or a comma.ai folder "
+                    "(camera/*.h5 + log/*.h5). Bad frames are reported, skipped and counted.")
+    p.add_argument("source", help="bag file, folder, interpolated.csv or driving_log.csv")
+    p.add_argument("--out", required=True, help="output store (.h5)")
+    p.add_argument("--views", type=_views, default=["svf", "hvf"], help="comma-separated views to store")
+    p.add_argument("--height", type=int, default=135, help="view height in rows")
+    p.add_argument("--min-speed", type=float, default=5.0, help="keep frames faster than this (m/s)")
+    p.add_argument("--angle-unit", choices=["rad", "deg"], default="rad",
+                   help="unit of the steering angle in bags and bagdump CSVs (stored as degrees)")
+    p.add_argument("--sim-max-angle", type=float, default=25.0,
+                   help="simulator: road wheel degrees at steering 1.0 (times the steering ratio 14.8)")
+    p.set_defaults(data_func=run_udacity)
+
+
+def run_udacity(args) -> int:
+    from .preprocess import view_for
+    from .udacity import ingest, open_source
+
+    source = open_source(args.source, angle_unit=args.angle_unit, sim_max_angle=args.sim_max_angle)
+    views = [view_for(v, args.height) for v in args.views]
+    s = ingest(source, Path(args.out), views, min_speed=args.min_speed)
+    print(f"vbp data udacity: {s.kept} frames -> {args.out} ({s.slow} at or below {args.min_speed:g} m/s dropped, "
+          f"{s.bad} bad frames skipped; {s.fps:.0f} source frames/s)")
     return 0
