@@ -67,9 +67,13 @@ def check_input(model: nn.Module, x) -> torch.Tensor:
 def explain(model, x: torch.Tensor, method: str = "vbp", **options) -> Explanation:
     """Explain `model(x)` with a registered method ("vbp", "lrp", ...; see `vbp_rt.methods.available()`).
 
-    `model` is a torch nn.Module, a checkpoint path or a shipped model name. `x` is a float tensor (N,C,H,W) already scaled as the model expects.
+    `model` is a torch nn.Module, a checkpoint path, a shipped model name or an .onnx file (any ONNX ReLU CNN;
+    runs on onnxruntime, see vbp_rt.onnx_model). `x` is a float tensor (N,C,H,W) already scaled as the model expects.
     """
     fn = methods.get(method)
+    from .onnx_model import explain_onnx, is_onnx
+    if is_onnx(model):
+        return explain_onnx(model, x, method, **options)
     if not isinstance(model, nn.Module):
         from .models import load_model
         model = load_model(model)

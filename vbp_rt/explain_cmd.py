@@ -16,6 +16,7 @@ from tqdm import tqdm
 from . import methods
 from .explain import explain
 from .models import load_model
+from .onnx_model import is_onnx, onnx_config
 from .overlay import overlay
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
@@ -29,7 +30,8 @@ def add_parser(sub) -> None:
         description="Run a model on frames and write its prediction and an attribution mask per frame. "
                     "Frames are converted to the model's view (gray, lower crop, scaled).",
     )
-    p.add_argument("model", help="checkpoint path or shipped model name (" + ", ".join(_shipped()) + ")")
+    p.add_argument("model", help="checkpoint path, .onnx file (vbp and, with its MODEL.lrp.onnx variant, lrp) "
+                                 "or shipped model name (" + ", ".join(_shipped()) + ")")
     p.add_argument("inputs", nargs="+", help="image files, folders of images, video files, or HDF5 stores "
                                                "from `vbp data` (every frame, in order)")
     p.add_argument("--method", default="vbp", help=f"attribution method (default vbp; known: "
@@ -150,8 +152,11 @@ def _batches(source, size):
 
 
 def run(args) -> int:
-    model = load_model(args.model)
-    cfg = model.config
+    if is_onnx(args.model):
+        model, cfg = args.model, onnx_config(args.model)
+    else:
+        model = load_model(args.model)
+        cfg = model.config
     options = {} if args.eps is None else {"eps": args.eps}
     methods.get(args.method)  # fail early on an unknown method
     source = FrameSource(args.inputs, ViewFn(cfg))

@@ -31,8 +31,8 @@ MIN_OPSET = 9  # the head uses Where (opset 9); older models are converted first
 DEFAULT_OPSET = 17
 ONNX_FORMAT = "vbp-rt-onnx"
 VARIANTS = ("maps", "vbp", "lrp")
-VBP_OUTPUT = "vbp_mask"
-LRP_OUTPUT = "lrp_mask"
+VBP_OUTPUT, VBP_RELEVANCE = "vbp_mask", "vbp_relevance"
+LRP_OUTPUT, LRP_RELEVANCE = "lrp_mask", "lrp_relevance"
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -119,22 +119,24 @@ def rescale(b: GraphBuilder, m: str) -> str:
     return b.op("Div", [m, b.where_positive(peak, peak, b.const(1.0))], "rescaled")
 
 
-def normalize01(b: GraphBuilder, m: str, hw) -> str:
-    """Per-image min-max to [0,1] (as vbp_rt.explain.normalize01), reshaped to (N,H,W). A constant image
-    has m - min = 0 exactly, so dividing by 1 there gives the zeros normalize01 returns."""
-    lo = b.reduce("ReduceMin", m, [1, 2, 3])
-    span = b.op("Sub", [b.reduce("ReduceMax", m, [1, 2, 3]), lo])
-    scaled = b.op("Div", [b.op("Sub", [m, lo]), b.where_positive(span, span, b.const(1.0))])
-    return b.reshape(scaled, [0, hw[0], hw[1]], "mask")
+def normalize01(b: GraphBuilder, m: str) -> str:
+    """Per-image min-max of (N,H,W) to [0,1] (as vbp_rt.explain.normalize01). A constant image has
+    m - min = 0 exactly, so dividing by 1 there gives the zeros normalize01 returns."""
+    lo = b.reduce("ReduceMin", m, [1, 2])
+    span = b.op("Sub", [b.reduce("ReduceMax", m, [1, 2]), lo])
+    return b.op("Div", [b.op("Sub", [m, lo]), b.where_positive(span, span, b.const(1.0))], "mask")
 
 
 def vbp_head(b: GraphBuilder, chain: Chain) -> tuple:
-    """Nodes computing the VBP mask (N,H,W) from the chain's map tensors with
-    vbp_rt.methods.vbp.backproject's loop; returns (mask name, channel-mean names)."""
+    """Nodes computing VBP from the chain's map tensors with vbp_rt.methods.vbp.backproject's loop.
+
+    Returns the names of (mask (N,H,W) in [0,1], relevance (N,H,W), the channel means)."""
     averages = [channel_mean(b, link.name, link.shape[0]) for link in chain.links]
     m, _ = backproject(averages, chain, upscale=lambda m, op: upscale(b, m, op),
                        combine=lambda m, a: rescale(b, b.op("Mul", [m, a])))
-    return normalize01(b, m, chain.links[0].ops[0].in_hw), averages
+    h, w = chain.links[0].ops[0].in_hw
+    relevance = b.reshape(m, [0, h, w], "relevance")
+    return normalize01(b, relevance), relevance, averages
 
 
 def _keep_outputs(m: onnx.ModelProto, drop) -> None:
@@ -143,8 +145,9 @@ def _keep_outputs(m: onnx.ModelProto, drop) -> None:
     m.graph.output.extend(kept)
 
 
-def append_vbp_head(model, chain: Chain | None = None, input_shape=None, output: str = VBP_OUTPUT) -> onnx.ModelProto:
-    """A copy of any ONNX ReLU CNN that also outputs its VisualBackProp mask (N,H,W) in [0,1] as `output`.
+def append_vbp_head(model, chain: Chain | None = None, input_shape=None) -> onnx.ModelProto:
+    """A copy of any ONNX ReLU CNN that also outputs its VisualBackProp mask (N,H,W) in [0,1] as "vbp_mask"
+    and the unnormalized map as "vbp_relevance".
 
     The chain comes from graph analysis unless given. The maps the head reads stop being graph outputs (so
     onnxruntime can reuse their memory); every other output stays.
@@ -154,20 +157,39 @@ def append_vbp_head(model, chain: Chain | None = None, input_shape=None, output:
         chain = onnx_graph.find_chain(model, input_shape)
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    if output in {o.name for o in m.graph.output}:
-        raise ValueError(f"the ONNX model already has an output named {output!r}")
+    taken = {VBP_OUTPUT, VBP_RELEVANCE} & {o.name for o in m.graph.output}
+    if taken:
+        raise ValueError(f"the ONNX model already has output(s) {', '.join(sorted(taken))} (it has a VBP head)")
     if opset_of(m) < MIN_OPSET:
         m = version_converter.convert_version(m, MIN_OPSET)
     if onnx_graph.data_input(m).type.tensor_type.elem_type != TensorProto.FLOAT:
         raise ValueError("the VBP head is built for float32 models; this ONNX model's input is not float32")
     b = GraphBuilder(m, "vbp")
-    mask, means = vbp_head(b, chain)
+    mask, relevance, means = vbp_head(b, chain)
     _keep_outputs(m, set(chain.names))
-    m.graph.node.append(helper.make_node("Identity", [mask], [output], name=output))
-    m.graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT,
-                                                        [_batch_dim(m), *chain.links[0].ops[0].in_hw]))
+    for tensor, name in ((mask, VBP_OUTPUT), (relevance, VBP_RELEVANCE)):
+        m.graph.node.append(helper.make_node("Identity", [tensor], [name], name=name))
+        m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                            [_batch_dim(m), *chain.links[0].ops[0].in_hw]))
     m.ir_version = min(m.ir_version, MAX_IR_VERSION)
-    _set_meta(m, {"vbp_rt.vbp_output": output, "vbp_rt.vbp_means": means})
+    _set_meta(m, {"vbp_rt.vbp_output": VBP_OUTPUT, "vbp_rt.vbp_relevance": VBP_RELEVANCE, "vbp_rt.vbp_means": means})
+    return m
+
+
+def expose_maps(model, chain: Chain | None = None, input_shape=None) -> onnx.ModelProto:
+    """A copy of any ONNX ReLU CNN with every post-ReLU conv map of its chain as an extra graph output."""
+    model = onnx_graph.load(model)
+    if chain is None:
+        chain = onnx_graph.find_chain(model, input_shape)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for link in chain.links:
+        if link.name not in have:
+            m.graph.output.append(helper.make_tensor_value_info(link.name, TensorProto.FLOAT,
+                                                                [_batch_dim(m), *link.shape]))
+    m.ir_version = min(m.ir_version, MAX_IR_VERSION)
+    _set_meta(m, {"vbp_rt.maps": chain.names})
     return m
 
 
@@ -301,7 +323,7 @@ def export_maps(model: nn.Module, input_shape=None, opset: int = DEFAULT_OPSET) 
 
 
 def export_vbp(model: nn.Module, input_shape=None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The network with its VBP mask computed inside the graph: outputs "prediction" and "vbp_mask"."""
+    """The network with VBP computed inside the graph: outputs "prediction", "vbp_mask", "vbp_relevance"."""
     m = append_vbp_head(export_maps(model, input_shape, opset))
     _set_meta(m, {"vbp_rt.variant": "vbp", "vbp_rt.maps": []})
     return m
@@ -311,15 +333,21 @@ def export_lrp(model: nn.Module, eps: float = 100.0, input_shape=None, opset: in
     """The network with epsilon-LRP inside the graph (traced from vbp_rt.methods.lrp): outputs "prediction",
     "lrp_mask" (N,H,W in [0,1]) and "lrp_relevance" (float64)."""
     shape = _model_shape(model, input_shape)
-    m = _torch_export(_Lrp(model, eps), model, shape, ["prediction", LRP_OUTPUT, "lrp_relevance"], opset)
-    _set_meta(m, {**_common_meta(model, shape, "lrp"), "vbp_rt.lrp_eps": eps, "vbp_rt.lrp_output": LRP_OUTPUT})
+    m = _torch_export(_Lrp(model, eps), model, shape, ["prediction", LRP_OUTPUT, LRP_RELEVANCE], opset)
+    _set_meta(m, {**_common_meta(model, shape, "lrp"), "vbp_rt.lrp_eps": eps, "vbp_rt.lrp_output": LRP_OUTPUT,
+                  "vbp_rt.lrp_relevance": LRP_RELEVANCE})
     return m
 
 
 def variant_paths(out) -> dict:
-    """MODEL.onnx -> {"maps": MODEL.onnx, "vbp": MODEL.vbp.onnx, "lrp": MODEL.lrp.onnx}."""
+    """MODEL.onnx (or MODEL.vbp.onnx, MODEL.lrp.onnx) -> {"maps": MODEL.onnx, "vbp": MODEL.vbp.onnx,
+    "lrp": MODEL.lrp.onnx}."""
     out = Path(out)
-    stem = out.name[:-len(".onnx")] if out.name.endswith(".onnx") else out.name
+    stem = out.name
+    for suffix in (".vbp.onnx", ".lrp.onnx", ".onnx"):  # any variant's path names the same family
+        if stem.endswith(suffix):
+            stem = stem[:-len(suffix)]
+            break
     return {"maps": out, "vbp": out.with_name(f"{stem}.vbp.onnx"), "lrp": out.with_name(f"{stem}.lrp.onnx")}
 
 

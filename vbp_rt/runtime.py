@@ -29,9 +29,9 @@ from torch import nn
 from . import onnx_graph, onnx_io
 from .explain import explain, normalize01
 from .methods import vbp as vbp_method
+from .onnx_model import ONNX_METHODS, ModelInfo, method_graph, onnx_config
 
 BACKENDS = ("ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")  # "auto" tries them in this order
-ONNX_METHODS = ("vbp", "lrp")
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
 
@@ -40,23 +40,6 @@ class RunResult:
     prediction: np.ndarray  # (N, outputs) float32
     masks: dict  # method -> (N,H,W) float32 in [0,1]
     timings: dict  # milliseconds: "forward", one per method, "total"
-
-
-@dataclass
-class ModelInfo:
-    """What a model without a vbp-rt config expects (ONNX files from elsewhere, plain torch modules)."""
-
-    arch: str
-    in_channels: int
-    height: int
-    width: int
-    outputs: int
-    view: str = ""
-    input_scale: float = 1.0 / 255.0
-
-    @property
-    def input_shape(self) -> tuple:
-        return (self.in_channels, self.height, self.width)
 
 
 def physical_cores() -> int:
@@ -130,43 +113,18 @@ def _source(model, input_shape):
 
 
 def _config(kind, obj, input_shape):
-    from .models import NetConfig
-    if kind == "torch":
-        cfg = getattr(obj, "config", None)
-        if cfg is not None:
-            return cfg
-        if input_shape is None:
-            raise ValueError("give input_shape=(C,H,W) for a torch model without a vbp-rt config")
-        c, h, w = input_shape
-        p = next(obj.parameters())
-        with torch.no_grad():
-            outputs = obj.eval()(torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device)).shape[1]
-        return ModelInfo(type(obj).__name__, c, h, w, outputs)
-    meta = onnx_io.metadata(obj)
-    if isinstance(meta.get("vbp_rt.config"), dict):
-        return NetConfig(**meta["vbp_rt.config"])
-    chw = tuple(input_shape) if input_shape is not None else onnx_graph.input_chw(obj)
-    if chw is None:
-        raise ValueError("the ONNX model's input height/width are symbolic: give input_shape=(C,H,W)")
-    info = meta.get("vbp_rt.input") if isinstance(meta.get("vbp_rt.input"), dict) else {}
-    shapes = onnx_graph.tensor_shapes(onnx_graph.with_input_shape(obj, chw))
-    pred = _prediction_output(obj)
-    outputs = shapes.get(pred, (None, 1))[-1] or 1
-    view = (info.get("view") or {}).get("name", "")
-    return ModelInfo("onnx", chw[0], chw[1], chw[2], outputs, view, info.get("scale") or 1.0 / 255.0)
-
-
-def _prediction_output(m: onnx.ModelProto) -> str:
-    names = [o.name for o in m.graph.output]
-    if "prediction" in names:
-        return "prediction"
-    meta = onnx_io.metadata(m)
-    skip = set(meta.get("vbp_rt.maps") or []) | {meta.get("vbp_rt.vbp_output"), meta.get("vbp_rt.lrp_output"),
-                                                   "lrp_relevance"}
-    rest = [n for n in names if n not in skip]
-    if not rest:
-        raise ValueError("the ONNX model has no prediction output")
-    return rest[0]
+    if kind == "onnx":
+        return onnx_config(obj, input_shape)
+    cfg = getattr(obj, "config", None)
+    if cfg is not None:
+        return cfg
+    if input_shape is None:
+        raise ValueError("give input_shape=(C,H,W) for a torch model without a vbp-rt config")
+    c, h, w = input_shape
+    p = next(obj.parameters())
+    with torch.no_grad():
+        outputs = obj(torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device)).shape[1]
+    return ModelInfo(type(obj).__name__, c, h, w, outputs)
 
 
 class _Stage:
@@ -183,12 +141,9 @@ class _Stage:
 class _OrtEngine:
     """The forward session and one head session per method, on CPU or CUDA."""
 
-    def __init__(self, kind, obj, path, methods, device, threads, spinning, cuda_graph, eps, input_shape):
-        unsupported = [m for m in methods if m not in ONNX_METHODS]
-        if unsupported:
-            raise ValueError(f"method(s) {', '.join(unsupported)} have no onnxruntime head (onnxruntime runs "
-                             f"{', '.join(ONNX_METHODS)}); use a torch backend")
-        graph, outputs = self._graph(kind, obj, path, methods, eps, input_shape)
+    def __init__(self, obj, path, methods, device, threads, spinning, cuda_graph, eps, input_shape):
+        graph, names = method_graph(obj, methods, eps, input_shape, path)
+        outputs = {"prediction": names["prediction"], **{m: names[m][0] for m in methods}}
         self.device = device
         self.cuda_graph = cuda_graph and device == "cuda"
         if device == "cuda":
@@ -210,34 +165,6 @@ class _OrtEngine:
                              "use backend='ort-cpu' or fix the CUDA/cuDNN installation")
         self.results = {self.prediction, *(outputs[m] for m in methods)}
         self._buffers = None
-
-    @staticmethod
-    def _graph(kind, obj, path, methods, eps, input_shape):
-        """One graph with the prediction and every requested method's mask as outputs."""
-        if kind == "torch":
-            shape = input_shape or None
-            graph = onnx_io.export_lrp(obj, eps, shape) if "lrp" in methods else onnx_io.export_maps(obj, shape)
-        else:
-            graph = obj
-            meta = onnx_io.metadata(graph)
-            has = {o.name for o in graph.graph.output}
-            if "lrp" in methods and meta.get("vbp_rt.lrp_output") not in has:
-                lrp_path = onnx_io.variant_paths(path)["lrp"] if path is not None else None
-                if lrp_path is None or not lrp_path.is_file():
-                    raise ValueError("LRP on onnxruntime needs the LRP variant written by `vbp export` "
-                                     f"({lrp_path or 'MODEL.lrp.onnx'}); this ONNX model has no LRP output")
-                graph = onnx_graph.load(lrp_path)
-            if input_shape is not None and onnx_graph.input_chw(graph) is None:
-                graph = onnx_graph.with_input_shape(graph, input_shape)
-        meta = onnx_io.metadata(graph)
-        outputs = {"prediction": _prediction_output(graph)}
-        if "lrp" in methods:
-            outputs["lrp"] = meta["vbp_rt.lrp_output"]
-        if "vbp" in methods:
-            if meta.get("vbp_rt.vbp_output") not in {o.name for o in graph.graph.output}:
-                graph = onnx_io.append_vbp_head(graph)
-            outputs["vbp"] = onnx_io.metadata(graph)["vbp_rt.vbp_output"]
-        return graph, outputs
 
     def run(self, x: np.ndarray, methods) -> tuple:
         if self.cuda_graph:
@@ -391,31 +318,32 @@ class Runtime:
     really runs (for onnxruntime, decided from the created session's providers).
     threads: CPU threads (default: physical cores). spinning: let idle onnxruntime threads spin (lower
     latency on otherwise idle cores, worse when sharing cores). cuda_graph: capture the onnxruntime CUDA
-    graphs (fixed batch size per Runtime). eps: epsilon of LRP. input_shape: (C,H,W) for models that do
-    not say it themselves.
+    graphs (fixed batch size per Runtime). eps: epsilon of LRP (default 100; an exported LRP variant has
+    its own). input_shape: (C,H,W) for models that do not say it themselves.
+
+    With backend="auto", a backend that fails to start is skipped; `skipped` lists each with its reason.
     """
 
     def __init__(self, model, backend: str = "auto", methods=("vbp",), threads: int | None = None, *,
-                 spinning: bool = False, cuda_graph: bool = False, eps: float = 100.0, input_shape=None):
+                 spinning: bool = False, cuda_graph: bool = False, eps: float | None = None, input_shape=None):
         self.methods = tuple(methods)
         kind, obj, path = _source(model, input_shape)
         self.config = _config(kind, obj, input_shape)
         self.view = self._view()
-        candidates = self._candidates(backend, kind)
-        errors = []
-        for name in candidates:
+        self.skipped = []
+        for name in self._candidates(backend, kind):
             try:
                 self.engine = self._engine(name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape)
-            except ValueError as e:
+            except Exception as e:  # onnxruntime's errors derive from Exception only; torch.onnx's from RuntimeError
                 if backend != "auto":
                     raise
-                errors.append(f"{name}: {e}")
+                self.skipped.append(f"{name}: {e}")
                 continue
             self.backend = name
             break
         else:
-            raise ValueError("no backend can run this model with methods " + ", ".join(self.methods) + ": "
-                             + "; ".join(errors))
+            raise ValueError(f"no backend can run this model with methods {', '.join(self.methods)}: "
+                             + "; ".join(self.skipped))
 
     def _view(self):
         """The camera view feeding this model (None when the model's size is not one of the known views)."""
@@ -441,10 +369,10 @@ class Runtime:
     def _engine(self, name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape):
         lib, device = name.split("-")
         if lib == "ort":
-            return _OrtEngine(kind, obj, path, self.methods, device, threads, spinning, cuda_graph, eps, input_shape)
+            return _OrtEngine(obj, path, self.methods, device, threads, spinning, cuda_graph, eps, input_shape)
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("torch-cuda: torch sees no CUDA GPU")
-        return _TorchEngine(obj, device, threads, {"lrp": {"eps": eps}})
+        return _TorchEngine(obj, device, threads, {"lrp": {"eps": eps}} if eps is not None else {})
 
     @property
     def providers(self) -> list:
@@ -494,4 +422,5 @@ class Runtime:
         return RunResult(prediction, masks, timings)
 
     def __repr__(self) -> str:
-        return f"Runtime({getattr(self.config, 'arch', '?')}, backend={self.backend}, methods={self.methods})"
+        return (f"Runtime({getattr(self.config, 'arch', '?')}, backend={self.backend} "
+                f"[{', '.join(self.providers)}], methods={', '.join(self.methods)})")
