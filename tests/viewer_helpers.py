@@ -76,6 +76,7 @@ def red_dominance(bgr: np.ndarray) -> np.ndarray:
     return r - (g + b) / 2
 
 
-def make_runtime(model, methods=("vbp", "lrp"), backend="auto"):
-    from viewer.torch_runtime import Runtime
+def make_runtime(model, methods=("vbp", "lrp"), backend="torch-cpu"):
+    """The engine's Runtime (torch on the CPU by default: no ONNX export to wait for)."""
+    from vbp_rt.runtime import Runtime
     return Runtime(model, backend=backend, methods=methods)

@@ -59,6 +59,11 @@ class ResultBridge(QObject):
         if not waiting:
             self.result_ready.emit()
 
+    @property
+    def pending(self) -> bool:
+        """A result waits to be shown."""
+        return self._latest is not None
+
     def take(self):
         with self._lock:
             result, self._latest = self._latest, None
@@ -77,12 +82,13 @@ class HelpDialog(QDialog):
 
 
 class ViewerWindow(QMainWindow):
-    def __init__(self, runtime_factory, runtime, *, methods=("vbp", "lrp"), realtime: bool = True,
-                 speed: float = 1.0, opacity: float = 0.7, colormap: str = "red", save_dir="."):
+    def __init__(self, runtime_factory, runtime, *, methods=("vbp", "lrp"), backend: str = "auto",
+                 realtime: bool = True, speed: float = 1.0, opacity: float = 0.7, colormap: str = "red", save_dir="."):
         super().__init__()
         self.make_runtime = runtime_factory
         self.runtime = runtime
         self.methods = tuple(methods)
+        self.backend_choice = backend
         self.realtime, self.speed, self.opacity, self.colormap = realtime, speed, opacity, colormap
         self.save_dir = Path(save_dir)
         self.pipeline: Pipeline | None = None
@@ -150,7 +156,7 @@ class ViewerWindow(QMainWindow):
             self.statusBar().addPermanentWidget(w)
 
     def _settings_row(self) -> QHBoxLayout:
-        from .torch_runtime import available_backends
+        from vbp_rt.runtime import available_backends
         row = QHBoxLayout()
         row.addWidget(QLabel("methods:"))
         self.method_boxes = {}
@@ -165,7 +171,7 @@ class ViewerWindow(QMainWindow):
         row.addWidget(QLabel("backend:"))
         self.backend_box = QComboBox()
         self.backend_box.addItems(["auto"] + list(available_backends()))
-        self.backend_box.setCurrentText(self.runtime.backend)
+        self.backend_box.setCurrentText(self.backend_choice)
         self.backend_box.currentTextChanged.connect(self.set_backend)
         row.addWidget(self.backend_box)
         row.addWidget(QLabel("opacity:"))
@@ -234,7 +240,8 @@ class ViewerWindow(QMainWindow):
         self.angle_plot.clear_data()
         self.timing_plot.clear_data()
         self.pipeline = Pipeline(source, self.runtime, self.bridge.push, self.bridge.event.emit,
-                                 runtime_factory=self.make_runtime, methods=self.methods, realtime=self.realtime,
+                                 runtime_factory=self.make_runtime, methods=self.methods,
+                                 backend=self.backend_choice, realtime=self.realtime,
                                  speed=self.speed, opacity=self.opacity, colormap=self.colormap)
         self.pipeline.start(playing=play)
         if not play:
@@ -335,6 +342,7 @@ class ViewerWindow(QMainWindow):
         if self.backend_box.currentText() != backend:
             self.backend_box.setCurrentText(backend)  # comes back here through the signal
             return
+        self.backend_choice = backend
         if self.pipeline is not None:
             self.pipeline.set_backend(backend)
         self.statusBar().showMessage(f"switching to backend {backend}…", 4000)
@@ -407,10 +415,6 @@ class ViewerWindow(QMainWindow):
         self.timing_table.show_result(r.timings, r.stats, r.dropped, r.bad)
         self.transport.set_position(r.index, r.length)
         self.backend_label.setText(f"backend {r.backend}")
-        if self.backend_box.currentText() not in ("auto", r.backend):
-            self.backend_box.blockSignals(True)
-            self.backend_box.setCurrentText(r.backend)
-            self.backend_box.blockSignals(False)
 
     def _on_event(self, kind: str, message: str) -> None:
         self.messages.append((kind, message))
@@ -418,11 +422,9 @@ class ViewerWindow(QMainWindow):
             self.transport.set_playing(False)
             self.statusBar().showMessage(message, 8000)
             return
-        if kind == "error":
-            self.transport.set_playing(False)
-            if self.pipeline is not None:
-                self.methods = self.pipeline.methods
-                self.set_methods(self.methods)
+        if kind == "error" and self.pipeline is not None:
+            self.transport.set_playing(self.pipeline.playing)
+            self.set_methods(self.pipeline.methods)  # a method the engine refused is unchecked again
         self.show_message(kind, message)
 
     def show_message(self, kind: str, text: str) -> None:
@@ -439,10 +441,10 @@ class ViewerWindow(QMainWindow):
         super().closeEvent(event)
 
 
-def run_app(runtime_factory, runtime, source_spec, *, methods, realtime=True, speed=1.0, opacity=0.7,
-            colormap="red", save_dir=".", monitor=None) -> int:
+def run_app(runtime_factory, runtime, source_spec, *, methods, backend="auto", realtime=True, speed=1.0,
+            opacity=0.7, colormap="red", save_dir=".", monitor=None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    window = ViewerWindow(runtime_factory, runtime, methods=methods, realtime=realtime, speed=speed,
+    window = ViewerWindow(runtime_factory, runtime, methods=methods, backend=backend, realtime=realtime, speed=speed,
                           opacity=opacity, colormap=colormap, save_dir=save_dir)
     window.show()
     window.open_source(source_spec, play=True)

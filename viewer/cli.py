@@ -70,7 +70,7 @@ def default_drive() -> Path:
 
 def runtime_factory(model, threads=None):
     """(backend, methods) -> Runtime for `model`."""
-    from .torch_runtime import Runtime
+    from vbp_rt.runtime import Runtime
 
     def make(backend, methods):
         return Runtime(model, backend=backend, methods=tuple(methods), threads=threads)
@@ -110,6 +110,6 @@ def run(args) -> int:
                                summary_path=args.summary)
         return 1 if summary["errors"] or not summary["frames"] else 0
     from .app import run_app
-    return run_app(make, runtime, source_spec, methods=methods, realtime=args.realtime is not False,
+    return run_app(make, runtime, source_spec, methods=methods, backend=args.backend, realtime=args.realtime is not False,
                    speed=args.speed, opacity=args.opacity, colormap=args.colormap, save_dir=args.save_dir,
                    monitor=args.monitor)

@@ -141,13 +141,15 @@ class _Raw:
 class Pipeline:
     """Plays `source` through `runtime`; results go to `on_result(Result)`, news to `on_event(kind, message)`.
 
-    Event kinds: "warning" (counted, playing goes on), "error" (playback paused until the user acts),
-    "finished" (the last frame of a file was processed). `runtime_factory(backend, methods)` builds a
-    new engine when the backend changes or a method the current one was not built for is chosen.
+    Event kinds: "warning" (counted, playing goes on), "error" (the user has to act: frames that cannot
+    be processed pause playback; a refused engine switch keeps the engine that runs), "finished" (the
+    last frame of a file was processed). `runtime_factory(backend, methods)` builds a
+    new engine when the backend changes or a method the current one was not built for is chosen;
+    `backend` is the user's choice ("auto" lets the engine pick one that runs every chosen method).
     """
 
     def __init__(self, source, runtime, on_result, on_event=lambda kind, message: None, *, runtime_factory=None,
-                 methods=None, realtime: bool = True, speed: float = 1.0, opacity: float = 0.7,
+                 methods=None, backend: str = "auto", realtime: bool = True, speed: float = 1.0, opacity: float = 0.7,
                  colormap: str = "red", queue_size: int = 2, stats_window: int = 120):
         self.source = source
         self.runtime = runtime
@@ -155,6 +157,7 @@ class Pipeline:
         self.on_event = on_event
         self.runtime_factory = runtime_factory
         self.methods = tuple(methods or runtime.methods)
+        self.backend_choice = backend
         self.realtime = realtime
         self.speed = speed
         self.opacity = opacity
@@ -171,7 +174,7 @@ class Pipeline:
         self._stopped = False
         self._request = None  # index asked for by a step or seek
         self._next = 0  # next index to read while playing
-        self._target = -1  # the frame on screen (or asked for by a step/seek): where steps count from
+        self._target = -1  # the frame on screen or on its way (being processed, or asked for): steps count from it
         self._clock = None  # (wall time, index) real-time pacing origin
         self._bad_run = 0
         self._want_backend = None
@@ -193,6 +196,11 @@ class Pipeline:
     @property
     def playing(self) -> bool:
         return self._playing
+
+    @property
+    def position(self) -> int:
+        """The frame on screen, or the one on its way there (-1 before the first)."""
+        return self._target
 
     @property
     def dropped(self) -> int:
@@ -262,7 +270,7 @@ class Pipeline:
         self._refresh = True
 
     def set_backend(self, backend: str) -> None:
-        self._want_backend = backend
+        self.backend_choice = self._want_backend = backend
         self._refresh = True
 
     def set_display(self, opacity: float | None = None, colormap: str | None = None) -> None:
@@ -389,7 +397,6 @@ class Pipeline:
     # ---- inference thread ----
     def _inference_loop(self) -> None:
         while not self._stopped:
-            self._switch_runtime()
             item = self.queue.get(timeout=0.05)
             if item is None:
                 if self._refresh and self._last is not None:
@@ -400,8 +407,11 @@ class Pipeline:
                     self._emit(self._last, fresh=False)
                 continue
             self._refresh = self._redraw = False
-            if item is not END and not item.requested and not self._playing:
-                continue  # played frame that was still on its way when playback paused
+            if item is not END and not item.requested:
+                with self._cond:
+                    if not self._playing:
+                        continue  # played frame that was still on its way when playback paused
+                    self._target = item.frame.index
             if item is END:
                 with self._cond:
                     self._playing = False
@@ -419,7 +429,7 @@ class Pipeline:
         if self.runtime_factory is None:
             self.on_event("error", "this player cannot switch backends or methods")
             return
-        backend = backend or self.runtime.backend
+        backend = backend or self.backend_choice
         methods = tuple(dict.fromkeys(self.runtime.methods + self.methods))
         try:
             self.runtime = self.runtime_factory(backend, methods)
@@ -430,6 +440,7 @@ class Pipeline:
         self.stats = TimingStats(self.stats.window)  # timings of different engines do not mix
 
     def _process(self, item: _Captured) -> None:
+        self._switch_runtime()  # the fields it reads are set before the refresh flag that may have led here
         rt = self.runtime
         want = (rt.config.height, rt.config.width)
         if item.view.shape != want:
@@ -448,8 +459,6 @@ class Pipeline:
             return
         self.stats.add(r.timings, time.perf_counter())
         self.processed += 1
-        if not item.requested:
-            self._target = item.frame.index
         raw = _Raw(item, {m: np.asarray(r.masks[m][0]) for m in self.methods}, np.asarray(r.prediction[0]).ravel(),
                    dict(r.timings))
         self._last = raw
