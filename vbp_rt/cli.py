@@ -8,6 +8,7 @@ import sys
 # (module, ...) each exposing add_parser(subparsers); a subcommand is listed only when it works.
 SUBCOMMAND_MODULES = [
     "vbp_rt.explain_cmd",
+    "vbp_rt.export_cmd",
     "data.cli",
     "vbp_rt.eval_cmd",
     "trainer.cli",

@@ -360,6 +360,9 @@ def save(model: onnx.ModelProto, path) -> Path:
     os.close(fd)
     try:
         onnx.save(model, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give it a normal file's permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,70 @@
+"""`vbp export MODEL --out MODEL.onnx`: ONNX files with the maps exposed, VBP inside the graph, LRP inside the graph."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write ONNX models: maps exposed, VBP in the graph, LRP in the graph",
+        description="Export a model to ONNX (dynamic batch; input layout, size, scale and camera view in the "
+                    "metadata). OUT.onnx has the prediction and every post-ReLU conv map as outputs; "
+                    "OUT.vbp.onnx computes the VisualBackProp mask inside the graph; OUT.lrp.onnx computes "
+                    "epsilon-LRP inside the graph. MODEL may also be an ONNX ReLU CNN from elsewhere: its "
+                    "conv/ReLU chain is found by graph analysis (maps and vbp variants).",
+    )
+    p.add_argument("model", help="shipped model name, checkpoint path, or an .onnx file")
+    p.add_argument("--out", required=True, help="output path MODEL.onnx; variants go to MODEL.vbp.onnx, MODEL.lrp.onnx")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset of maps,vbp,lrp (default: all three; maps,vbp for an .onnx input)")
+    p.add_argument("--eps", type=float, default=100.0, help="epsilon of the LRP variant (default 100, as in the paper)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the exported network (default 17)")
+    p.add_argument("--input-shape", help="C,H,W for an .onnx input whose height/width are symbolic")
+    p.set_defaults(func=run)
+
+
+def _parse_shape(text):
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"--input-shape must be three positive integers C,H,W, got {text!r}")
+    return shape
+
+
+def run(args) -> int:
+    from . import onnx_graph, onnx_io
+    from .models import load_model, resolve_model_path
+    from .onnx_model import is_onnx
+
+    shape = _parse_shape(args.input_shape)
+    source = resolve_model_path(args.model)
+    foreign = is_onnx(source)
+    default = ("maps", "vbp") if foreign else onnx_io.VARIANTS
+    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else default
+    unknown = [v for v in variants if v not in onnx_io.VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(onnx_io.VARIANTS)}")
+    if foreign:
+        if "lrp" in variants:
+            raise ValueError("the LRP variant is traced from a vbp-rt torch checkpoint; an .onnx input gets maps, vbp")
+        model = onnx_graph.load(source)
+        chain = onnx_graph.find_chain(model, shape)
+        paths = onnx_io.variant_paths(args.out)
+        built = {"maps": lambda: onnx_io.expose_maps(model, chain),
+                 "vbp": lambda: onnx_io.append_vbp_head(model, chain)}
+        written = {v: onnx_io.save(built[v](), paths[v]) for v in variants}
+    else:
+        model = load_model(source)
+        chain = None
+        written = onnx_io.export(model, args.out, variants, eps=args.eps, input_shape=shape, opset=args.opset)
+    if chain is None:
+        from .graph import find_chain
+        chain = find_chain(model, model.config.input_shape)
+    print(f"vbp export: {len(chain.links)} post-ReLU conv maps ({', '.join(chain.names)})")
+    for variant, path in written.items():
+        print(f"  {variant:4s} -> {path} ({Path(path).stat().st_size / 1e6:.1f} MB)")
+    return 0
