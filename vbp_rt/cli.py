@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = [
     "vbp_rt.eval_cmd",
     "trainer.cli",
     "viewer.cli",
+    "bench.cli",
 ]
 
 
