@@ -20,13 +20,18 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
 
 def cpu_model() -> str:
+    """The CPU's model name, with its family and model numbers (a VM may show only a generic name)."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def usable_cores() -> int:
@@ -34,6 +39,19 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def caches() -> dict:
+    """CPU cache sizes by level ("L1d", "L2", "L3"...) as the kernel reports them for cpu0."""
+    out = {}
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind = (d / "level").read_text().strip(), (d / "type").read_text().strip()
+            size = (d / "size").read_text().strip()
+        except OSError:
+            continue
+        out[f"L{level}" + ({"Data": "d", "Instruction": "i"}.get(kind, ""))] = size
+    return out
 
 
 def load_average() -> list:
@@ -75,10 +93,12 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def describe(torch_threads: int | None = None) -> dict:
+def describe() -> dict:
     """The machine and process as the benchmark sees them now."""
     import torch
-    info = {
+
+    from vbp_rt.runtime import physical_cores
+    return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": usable_cores(),
@@ -89,8 +109,7 @@ def describe(torch_threads: int | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "onnxruntime_threads_default": physical_cores(),
+        "caches": caches(),
         "env": {k: os.environ[k] for k in KNOBS if k in os.environ},
     }
-    if torch_threads is not None:
-        info["torch_threads_requested"] = torch_threads
-    return info

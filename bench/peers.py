@@ -133,7 +133,12 @@ def captum_lrp(model, x):
 def captum_saliency(model, x):
     captum = importlib.import_module("captum.attr")
     sal = captum.Saliency(FunctionalFlatten(model))
-    return (lambda: sal.attribute(x, target=0, abs=True)), None, None
+
+    def call():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sal.attribute(x, target=0, abs=True)
+    return call, None, None
 
 
 def captum_guided(model, x):
@@ -168,7 +173,7 @@ def zennit_lrp(model, x):
 def gradcam_gradcam(model, x):
     mod, note = import_peer("pytorch_grad_cam", needs_torchvision_placeholder=True)
     cam = mod.GradCAM(model=model, target_layers=[deepest_map(model, tuple(x.shape[1:]))])
-    return (lambda: cam(input_tensor=x)), cam.activations_and_grads.release, note
+    return (lambda: cam(input_tensor=x, targets=None)), cam.activations_and_grads.release, note
 
 
 @dataclass(frozen=True)
