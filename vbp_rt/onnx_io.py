@@ -348,7 +348,7 @@ def variant_paths(out) -> dict:
         if stem.endswith(suffix):
             stem = stem[:-len(suffix)]
             break
-    return {"maps": out, "vbp": out.with_name(f"{stem}.vbp.onnx"), "lrp": out.with_name(f"{stem}.lrp.onnx")}
+    return {"maps": out.with_name(f"{stem}.onnx"), "vbp": out.with_name(f"{stem}.vbp.onnx"), "lrp": out.with_name(f"{stem}.lrp.onnx")}
 
 
 def save(model: onnx.ModelProto, path) -> Path:
