@@ -179,4 +179,4 @@ def test_bad_input_is_reported_in_the_window(window, qtbot, tmp_path, drive):
     assert window.open_source(write_video(tmp_path / "clip.mp4", 4))
     assert not window.banner.isVisible()
     r = shown(window, qtbot, 0)
-    assert r.image.shape == (240, 320, 3) and window.frame_view.title.startswith("frame")
+    assert r.image.shape == (240, 320, 3) and window.frame_view.title.startswith("camera frame")

@@ -271,7 +271,25 @@ def test_composite_and_recording(tmp_path, model):
 
 def test_recorder_scales_frames_of_another_size(tmp_path):
     rec = VideoRecorder(tmp_path / "r.mp4", 10)
-    rec.write(np.zeros((100, 200, 3), np.uint8))
+    rec.write(np.zeros((101, 200, 3), np.uint8))
     rec.write(np.zeros((50, 80, 3), np.uint8))
     assert rec.close() == tmp_path / "r.mp4" and rec.frames == 2
+    cap = cv2.VideoCapture(str(tmp_path / "r.mp4"))
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (200, 102)  # even sizes
     assert VideoRecorder(tmp_path / "none.mp4", 10).close() is None
+
+
+def test_drive_with_its_camera_video_shows_the_camera_frame(tmp_path, model):
+    drive = write_drive(tmp_path / "d.h5", 4)
+    write_video(tmp_path / "d.mp4", 4)  # as `vbp data synth --video` writes it beside the drive
+    p, c = start(open_source(drive, "svf"), make_runtime(model, ("vbp",)))
+    c.wait(lambda: c.kinds("finished"))
+    p.stop()
+    r = c.results[2]
+    x0, y0, x1, y1 = view_box((240, 320), SVF)
+    assert r.image.shape == (240, 320, 3) and tuple(r.image[y0, 100]) == (0, 220, 0)
+    assert np.array_equal(r.view_image, road_image(2)) and r.truth == 3.0  # the network still reads the drive
+    write_video(tmp_path / "d.mp4", 3)  # a video of another length is not this drive's
+    source = open_source(drive, "svf")
+    assert source.camera is None and source.read(0).camera is None
+    source.close()

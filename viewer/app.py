@@ -247,8 +247,9 @@ class ViewerWindow(QMainWindow):
         if not play:
             self.pipeline.seek(0)
         self.transport.set_playing(play)
-        self.frame_view.title = ("network input (a drive stores the view)" if source.kind == "drive"
-                                 else "frame (green: the network's crop)")
+        self.frame_view.title = ("network input (a drive stores the view)"
+                                 if source.kind == "drive" and source.camera is None
+                                 else "camera frame (green: the network's crop)")
         kind = "live" if source.live else f"{source.length} frames at {source.fps:g} fps"
         self.source_label.setText(f"{source.name} ({kind})")
         self.setWindowTitle(f"vbp view: {source.name}")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEMO_FRAMES = 600
+DEMO_FRAMES = 400  # 20 s of driving at 20 frames/s
 DEMO_SEED = 7
 
 
@@ -55,14 +55,14 @@ def parse_methods(text: str) -> tuple:
 
 
 def default_drive() -> Path:
-    """The embedded synthetic drive, generated with `vbp data synth` the first time it is asked for."""
+    """The embedded synthetic drive (with its camera video), made by `vbp data synth` the first time it is asked for."""
     cache = Path(os.environ.get("VBP_RT_CACHE") or Path.home() / ".cache" / "vbp-rt")
     path = cache / "demo_drive.h5"
     if not path.exists():
-        print(f"vbp view: generating the synthetic demo drive ({DEMO_FRAMES} frames) into {path} ...",
+        print(f"vbp view: generating the synthetic demo drive ({DEMO_FRAMES} frames) into {path} (once)...",
               file=sys.stderr)
         cmd = [sys.executable, "-m", "vbp_rt.cli", "data", "synth", "--frames", str(DEMO_FRAMES),
-               "--seed", str(DEMO_SEED), "--out", str(path)]
+               "--seed", str(DEMO_SEED), "--out", str(path), "--video", str(path.with_suffix(".mp4"))]
         if subprocess.call(cmd) != 0 or not path.exists():
             raise OSError(f"could not generate the demo drive {path} (command: {' '.join(cmd)})")
     return path

@@ -126,7 +126,8 @@ class Result:
 class _Captured:
     frame: Frame
     view: np.ndarray
-    box: tuple | None
+    shown: np.ndarray  # the picture for the frame panel
+    box: tuple | None  # the network's crop in `shown`
     requested: bool  # read for a step or seek (not by playback)
 
 
@@ -371,8 +372,10 @@ class Pipeline:
                 self.on_event("warning", f"skipped a bad frame: {e}")
             return None
         self._bad_run = 0
-        box = None if frame.prepared or self.runtime.view is None else view_box(frame.image.shape, self.runtime.view)
-        return _Captured(frame, view, box, single)
+        shown = frame.image if frame.camera is None else frame.camera
+        geometry = getattr(self.source, "view", None) if frame.prepared else self.runtime.view
+        box = None if shown is view or geometry is None else view_box(shown.shape, geometry)
+        return _Captured(frame, view, shown, box, single)
 
     def _end(self) -> None:
         with self._cond:
@@ -466,7 +469,7 @@ class Pipeline:
 
     def _emit(self, raw: _Raw, fresh: bool = True) -> None:
         item = raw.item
-        result = Result(self.source.name, item.frame.index, self.source.length, frame_panel(item.frame.image, item.box),
+        result = Result(self.source.name, item.frame.index, self.source.length, frame_panel(item.shown, item.box),
                         method_panels(item.view, raw.masks, self.opacity, self.colormap), raw.masks, item.view,
                         raw.prediction, item.frame.truth, raw.timings, self.stats.summary(), self.runtime.backend,
                         self.dropped, self.bad, fresh)

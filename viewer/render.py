@@ -87,7 +87,8 @@ def write_image(path, image: np.ndarray) -> Path:
 class VideoRecorder:
     """Writes BGR frames to an mp4v video under a temporary name; `close()` renames it into place.
 
-    The size is taken from the first frame; later frames of another size are scaled to it.
+    The size is taken from the first frame, padded to even numbers (the codec drops an odd last row or
+    column); later frames of another size are scaled to the first one's.
     """
 
     def __init__(self, path, fps: float):
@@ -100,14 +101,19 @@ class VideoRecorder:
         self.frames = 0
 
     def write(self, image: np.ndarray) -> None:
+        h, w = image.shape[:2]
         if self.writer is None:
-            self.size = (image.shape[1], image.shape[0])
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+            self.size = (w, h)
+            padded = (w + w % 2, h + h % 2)
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, padded)
             if not self.writer.isOpened():
                 self.writer = None
                 raise OSError(f"cannot write video {self.path} (OpenCV has no mp4v writer for this suffix)")
-        if (image.shape[1], image.shape[0]) != self.size:
+        if (w, h) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        w, h = self.size
+        if w % 2 or h % 2:
+            image = cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_CONSTANT)
         self.writer.write(image)
         self.frames += 1
 

@@ -31,12 +31,14 @@ class SourceLost(Exception):
 
 @dataclass
 class Frame:
-    """One frame: `image` as delivered (BGR or gray), or already the network's view image when `prepared`."""
+    """One frame: `image` as delivered (BGR or gray), or already the network's view image when `prepared`;
+    `camera` is the whole camera frame of a prepared one when the source has it."""
 
     index: int
     image: np.ndarray
     truth: float | None = None
     prepared: bool = False
+    camera: np.ndarray | None = None
 
 
 class VideoSource:
@@ -134,7 +136,11 @@ class ImageFolderSource:
 
 
 class StoreSource:
-    """A drive written by `vbp data`: the images of one view, with the recorded steering angles as truth."""
+    """A drive written by `vbp data`: the images of one view, with the recorded steering angles as truth.
+
+    When a video of the same name and frame count lies beside it (`vbp data synth --video`), its frames
+    are shown as the camera frames the views were cropped from.
+    """
 
     kind = "drive"
     live = False
@@ -154,6 +160,20 @@ class StoreSource:
         self.angle = self.reader.angle
         self.length = len(self.reader)
         self.fps = float(self.reader.attrs.get("fps") or 20.0)
+        self.camera = self._camera_video()
+
+    def _camera_video(self):
+        path = self.path.with_suffix(".mp4")
+        if not path.is_file():
+            return None
+        try:
+            video = VideoSource(path)
+        except ValueError:
+            return None
+        if video.length == self.length:
+            return video
+        video.close()
+        return None
 
     def read(self, index: int) -> Frame:
         try:
@@ -161,10 +181,18 @@ class StoreSource:
         except (OSError, ValueError) as e:
             raise BadFrame(f"drive {self.path}: frame {index} cannot be read ({e})") from None
         truth = float(self.angle[index])
-        return Frame(index, image, truth if np.isfinite(truth) else None, prepared=True)
+        camera = None
+        if self.camera is not None:
+            try:
+                camera = self.camera.read(index).image
+            except (BadFrame, EndOfSource):
+                camera = None
+        return Frame(index, image, truth if np.isfinite(truth) else None, prepared=True, camera=camera)
 
     def close(self) -> None:
         self.reader.close()
+        if self.camera is not None:
+            self.camera.close()
 
 
 def open_source(spec, view: str):
