@@ -36,7 +36,7 @@ def _add_synth(dsub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same drive)")
     p.add_argument("--out", required=True, help="output store (.h5)")
     p.add_argument("--video", help="also write the drive as an mp4v video (640x480, 20 fps)")
-    p.add_argument("--views", type=_views, default=["svf", "hvf"], help="comma-separated views to store")
+    p.add_argument("--views", type=_views, default="svf,hvf", help="comma-separated views to store")
     p.add_argument("--height", type=int, default=135, help="view height in rows")
     p.add_argument("--shadows", type=float, default=1.0, help="shadow density (0: no shadows)")
     p.add_argument("--cars", type=float, default=1.0, help="traffic density (0: no other cars)")
@@ -76,7 +76,7 @@ def _add_udacity(dsub) -> None:
                     "(camera/*.h5 + log/*.h5). Bad frames are reported, skipped and counted.")
     p.add_argument("source", help="bag file, folder, interpolated.csv or driving_log.csv")
     p.add_argument("--out", required=True, help="output store (.h5)")
-    p.add_argument("--views", type=_views, default=["svf", "hvf"], help="comma-separated views to store")
+    p.add_argument("--views", type=_views, default="svf,hvf", help="comma-separated views to store")
     p.add_argument("--height", type=int, default=135, help="view height in rows")
     p.add_argument("--min-speed", type=float, default=5.0, help="keep frames faster than this (m/s)")
     p.add_argument("--angle-unit", choices=["rad", "deg"], default="rad",

@@ -1,6 +1,7 @@
 """The HDF5 store: layout, round trip, split, streaming, atomic writes and interrupted writers."""
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
@@ -161,3 +162,19 @@ def test_killed_writer_keeps_completed_frames(tmp_path):
         np.testing.assert_array_equal(angle, np.arange(n, dtype=np.float32))
         np.testing.assert_array_equal(imgs[:, 0, 0], (np.arange(n) // 2 * 2) % 256)
         assert "frames" not in r.attrs  # the write never completed
+
+
+def test_vbp_explain_reads_a_store(tmp_path):
+    """`vbp explain MODEL STORE.h5` takes every frame of the model's view, in order."""
+    from vbp_rt.explain_cmd import add_parser
+    from vbp_rt.models import build, save_checkpoint
+
+    imgs, _, _, _ = _write(tmp_path / "s.h5", n=3, views=("hvf",))
+    save_checkpoint(tmp_path / "m.pt", build("nethvf"))
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["explain", str(tmp_path / "m.pt"), str(tmp_path / "s.h5"), "--out", str(tmp_path / "o.h5")])
+    assert args.func(args) == 0
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert f["mask"].shape == (3, 135, 351) and f["prediction"].shape == (3,)
+        assert [s.decode() for s in f["source"][:]] == [f"{tmp_path / 's.h5'}#{i}" for i in range(3)]
