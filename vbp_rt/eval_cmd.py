@@ -206,6 +206,14 @@ def run(args) -> int:
                          args.split)
     n = min(s["frames"], len(frames.index))
 
+    timings, clock = {}, time.time()
+
+    def lap(label):
+        nonlocal clock
+        timings[label] = time.time() - clock
+        clock = time.time()
+
+    lap("drive and model")
     bar = _bar(len(names) * 2, "vbp eval: masks")
     masks, next_masks = {}, {}
     pairs = min(s["pairs"], len(frames.index))
@@ -216,20 +224,27 @@ def run(args) -> int:
         bar.update()
     bar.close()
     edges = np.stack([ev.edge_map(im) for im in frames.image])
-
-    tables = [pointing_table(frames, masks, edges, n),
-              perturbation_table(model, frames, masks, edges, s, out),
-              keep_top_table(model, frames, masks, edges, s, n),
-              temporal_table(frames, masks, next_masks, pairs)]
-    tables += sanity_tables(model, frames, masks, edges, s, args.quick, out)
+    lap("masks")
+    tables = [pointing_table(frames, masks, edges, n)]
+    lap("pointing")
+    tables.append(perturbation_table(model, frames, masks, edges, s, out))
+    lap("perturbation")
+    tables.append(keep_top_table(model, frames, masks, edges, s, n))
+    lap("keep-top")
+    tables.append(temporal_table(frames, masks, next_masks, pairs))
+    tables.append(sanity_table(model, frames, masks, edges, s, args.quick, out))
+    lap("sanity")
     nobn = load_model(args.nobn_model) if args.nobn_model else None
     tables.append(bias_table(net, nobn, frames, n, s["batch_size"], out))
+    lap("bias")
     example_grid(out / "examples.png", frames.image[:2], None if frames.lane is None else frames.lane[:2],
                  {k: v[:2] for k, v in masks.items()})
     figures = [("examples.png", "masks of every method on two frames (first row: lane ground truth)"),
                ("perturbation.png", "region perturbation curves"), ("sanity.png", "cascading randomization"),
                ("bias_ratio.png", "bias/score ratio per layer")]
-    write_report(out, _header(args, s, store, frames, n, pairs, t0), tables, figures, FOOTER)
+    header = _header(args, s, store, frames, n, pairs, t0) + "- seconds per stage: " + ", ".join(
+        f"{k} {v:.0f}" for k, v in timings.items()) + "\n"
+    write_report(out, header, tables, figures, FOOTER)
     print(f"vbp eval: {len(names)} methods on {n} frames of {store} -> {out / 'report.md'} "
           f"({time.time() - t0:.0f} s)")
     return 0
@@ -319,8 +334,8 @@ def temporal_table(frames: Frames, masks: dict, next_masks: dict, pairs: int) ->
     return t
 
 
-def sanity_tables(model: Model, frames: Frames, masks: dict, edges: np.ndarray, s: dict, quick: bool,
-                  out: Path) -> list:
+def sanity_table(model: Model, frames: Frames, masks: dict, edges: np.ndarray, s: dict, quick: bool,
+                 out: Path) -> Table:
     k = min(s["sanity_frames"], len(frames.index))
     images = frames.image[:k]
     steps = ev.randomization_steps(model.net)
@@ -353,7 +368,7 @@ def sanity_tables(model: Model, frames: Frames, masks: dict, edges: np.ndarray, 
               "recovers the image instead of explaining the decision).")
     line_plot(out / "sanity.png", np.arange(len(labels)), corr, "layers randomized (cumulative, top down)",
               "rank correlation with trained mask", "Cascading randomization", xticks=labels)
-    return [t]
+    return t
 
 
 def bias_table(net, nobn, frames: Frames, n: int, batch: int, out: Path) -> Table:
