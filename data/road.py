@@ -197,7 +197,7 @@ class Road:
     def weave(self, s):
         """Target offset inside the lane (m, positive left) at s."""
         s = np.asarray(s, float)
-        total = sum(a * np.sin(2 * np.pi * s / wl + ph) for wl, ph, a in self._weave) / 1.5
+        total = sum(a * np.sin(2 * np.pi * s / wl + ph) for wl, ph, a in self._weave) / 2.0
         amp = np.interp(s, self._starts, [sec.weave for sec in self.sections])
         return total * amp
 
