@@ -146,6 +146,9 @@ class _OrtEngine:
         outputs = {"prediction": names["prediction"], **{m: names[m][0] for m in methods}}
         self.device = device
         self.cuda_graph = cuda_graph and device == "cuda"
+        if self.cuda_graph and "lrp" in methods:
+            raise ValueError("cuda_graph runs VBP only: the LRP graph computes shapes on the host, which a captured "
+                             "CUDA graph cannot contain")
         if device == "cuda":
             cuda_opts = {"enable_cuda_graph": "1" if self.cuda_graph else "0"}
             providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
@@ -318,7 +321,7 @@ class Runtime:
     really runs (for onnxruntime, decided from the created session's providers).
     threads: CPU threads (default: physical cores). spinning: let idle onnxruntime threads spin (lower
     latency on otherwise idle cores, worse when sharing cores). cuda_graph: capture the onnxruntime CUDA
-    graphs (fixed batch size per Runtime). eps: epsilon of LRP (default 100; an exported LRP variant has
+    graphs (VBP only; the input shape is fixed at the first run). eps: epsilon of LRP (default 100; an exported LRP variant has
     its own). input_shape: (C,H,W) for models that do not say it themselves.
 
     With backend="auto", a backend that fails to start is skipped; `skipped` lists each with its reason.
