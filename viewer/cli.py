@@ -99,7 +99,9 @@ def run(args) -> int:
         raise ValueError("no display (DISPLAY is not set): run with --headless --out overlay.mp4, "
                          "or set QT_QPA_PLATFORM=offscreen")
     make = runtime_factory(args.model, args.threads)
+    print(f"vbp view: preparing {args.model} for {', '.join(methods)} (backend {args.backend})...", file=sys.stderr)
     runtime = make(args.backend, methods)
+    print(f"vbp view: running on {runtime.backend}", file=sys.stderr)
     source_spec = args.source or default_drive()
     from .sources import open_source
     if args.headless:

@@ -62,6 +62,7 @@ class MonitorWindow(QWidget):
         self.rmse_plot = pg.PlotWidget(title="validation RMSE (deg)")
         self.rmse_curve = self.rmse_plot.plot(pen=pg.mkPen((60, 220, 90), width=2), symbol="o", symbolSize=6)
         for p in (self.loss_plot, self.rmse_plot):
+            p.getAxis("left").enableAutoSIPrefix(False)
             p.setLabel("bottom", "epoch")
             p.showGrid(x=True, y=True, alpha=0.25)
             plots.addWidget(p)

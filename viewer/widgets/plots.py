@@ -16,6 +16,7 @@ class AnglePlot(pg.PlotWidget):
         super().__init__(parent)
         self.history = history
         self.setLabel("left", "steering (deg)")
+        self.getAxis("left").enableAutoSIPrefix(False)
         self.setLabel("bottom", "frame")
         self.addLegend(offset=(5, 5))
         self.showGrid(x=True, y=True, alpha=0.25)
@@ -51,6 +52,7 @@ class TimingPlot(pg.PlotWidget):
         super().__init__(parent)
         self.history = history
         self.setLabel("left", "time (ms)")
+        self.getAxis("left").enableAutoSIPrefix(False)
         self.setLabel("bottom", "result")
         self.addLegend(offset=(5, 5))
         self.showGrid(x=True, y=True, alpha=0.25)
