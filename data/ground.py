@@ -187,7 +187,7 @@ class GroundPainter:
                 cv2.ellipse(shadow, c, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
         for _ in range(rng.poisson(0.6 * density)):
             y = rng.uniform(0, rows)
-            depth = rng.uniform(6, 80 if rng.random() < 0.8 else 300)
+            depth = rng.uniform(6, 40 if rng.random() < 0.7 else 120)  # rows: 0.3-6 m deep
             slope = rng.uniform(-0.3, 0.3) * COLS
             x0, x1 = sorted(rng.uniform(0, COLS, 2))
             x0, x1 = (0, COLS) if rng.random() < 0.6 else (x0, x1)
@@ -198,7 +198,7 @@ class GroundPainter:
         shadow = cv2.GaussianBlur(shadow, (0, 0), 2.5)
         darkness = 0.45 * sec.sun + 0.15
         color *= (1 - darkness * shadow)[..., None]
-        np.maximum(distractor, np.clip(shadow * 1.5, 0, 1), out=distractor)
+        np.maximum(distractor, shadow, out=distractor)
 
 
 class Camera:

@@ -27,7 +27,7 @@ from .store import StoreWriter
 from .traffic import Traffic
 
 MASK_THRESHOLD = 64  # coverage (0-255) from which a view pixel counts as lane marking / distractor
-AHEAD = 330.0  # m of road kept painted ahead of the car
+AHEAD = 250.0  # m of road kept painted ahead of the car (3 px below the horizon)
 
 
 @dataclass

@@ -102,15 +102,13 @@ def test_lane_mask_lies_on_projected_markings():
 
 
 def test_drive_is_deterministic_per_seed():
-    opts = SynthOptions(frames=6, seed=3)
-    first = list(Drive(opts))
-    again = list(Drive(opts))
-    other = list(Drive(SynthOptions(frames=6, seed=4)))
+    opts = SynthOptions(frames=3, seed=3)
+    first, again = list(Drive(opts)), list(Drive(opts))
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.masks, b.masks)
         assert a.angle == b.angle and a.speed == b.speed
-    assert not np.array_equal(first[-1].image, other[-1].image)
+    assert not np.array_equal(Road(500, seed=3).kappa, Road(500, seed=4).kappa)
 
 
 def test_distractors_appear_in_their_mask():
