@@ -167,8 +167,6 @@ class Pipeline:
         self.stats = TimingStats(stats_window)
         self.bad = 0
         self.processed = 0
-        self.errors = 0
-        self.finished = threading.Event()
         self._cond = threading.Condition()
         self._playing = False
         self._at_end = False  # the capture thread reached the end of a file (END is queued)
@@ -217,7 +215,6 @@ class Pipeline:
             self._playing = True
             self._at_end = False
             self._clock = None
-            self.finished.clear()
             self._cond.notify_all()
 
     def pause(self) -> None:
@@ -356,7 +353,6 @@ class Pipeline:
             return None
         except SourceLost as e:
             self.pause()
-            self.errors += 1
             self.on_event("error", str(e))
             return None
         except (BadFrame, ValueError) as e:
@@ -418,7 +414,6 @@ class Pipeline:
             if item is END:
                 with self._cond:
                     self._playing = False
-                self.finished.set()
                 self.on_event("finished", f"{self.source.name}: end ({self.processed} frames shown, "
                                           f"{self.dropped} dropped, {self.bad} bad)")
                 continue
@@ -437,7 +432,6 @@ class Pipeline:
         try:
             self.runtime = self.runtime_factory(backend, methods)
         except Exception as e:  # the engine reports unusable backends/models in many ways; say which
-            self.errors += 1
             self.methods = tuple(m for m in self.methods if m in self.runtime.methods) or self.runtime.methods
             self.on_event("error", f"cannot switch to backend {backend} with methods {', '.join(methods)}: {e}")
         self.stats = TimingStats(self.stats.window)  # timings of different engines do not mix
@@ -448,7 +442,6 @@ class Pipeline:
         want = (rt.config.height, rt.config.width)
         if item.view.shape != want:
             self.pause()
-            self.errors += 1
             self.on_event("error", f"{self.source.name}: frames at the model's view are {item.view.shape[1]}x"
                                    f"{item.view.shape[0]}, but the model expects {want[1]}x{want[0]}")
             return
@@ -456,7 +449,6 @@ class Pipeline:
             r = rt.run(item.view[None], methods=self.methods)
         except Exception as e:  # an engine failure on one frame must not end the viewer; report it
             self.pause()
-            self.errors += 1
             self.on_event("error", f"{self.source.name}: inference failed on frame {item.frame.index}: "
                                    f"{type(e).__name__}: {e}")
             return
