@@ -50,7 +50,7 @@ def _create(f: h5py.File, probe_shape: tuple) -> None:
 class RunLogWriter:
     """Append-only writer; `keep` (from `RunLogReader.rows_until`) carries over an older log on resume."""
 
-    def __init__(self, path, attrs: dict, probe: dict, keep: dict | None = None, flush_seconds: float = 1.0):
+    def __init__(self, path, attrs: dict, probe: dict, keep: dict | None = None, flush_seconds: float = 0.5):
         self.path = Path(path)
         self.flush_seconds = flush_seconds
         self._last_flush = 0.0

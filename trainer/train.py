@@ -151,7 +151,13 @@ class Trainer:
         val_path, val_split = (cfg.val_store, "all") if cfg.val_store else (cfg.store, "test")
         self.val_path = val_path
         self.val_idx = check_store(val_path, val_split, view, height, width, 1)
-        self.model.to(ctx.device)
+        if resume is None:
+            with StoreReader(cfg.store) as r, torch.no_grad():  # start from the mean angle, not from 0
+                self.model.head[-1].bias.fill_(float(np.mean(r.angle[self.train_idx])))
+        else:
+            self.model.load_state_dict(resume["state_dict"])
+        # channels-last convolutions are markedly faster on CPU (oneDNN)
+        self.model.to(ctx.device, memory_format=torch.channels_last if ctx.device.type == "cpu" else None)
         self.net = distributed.wrap(self.model, ctx)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
         self.train_data = FrameDataset(cfg.store, view)
@@ -161,7 +167,6 @@ class Trainer:
         self.best = math.inf
         self.history = []
         if resume is not None:
-            self.model.load_state_dict(resume["state_dict"])
             self.opt.load_state_dict(resume["optimizer"])
             self.pos = dict(resume["position"])
             self.best = resume["best_val_rmse"]
@@ -248,7 +253,7 @@ class Trainer:
             mine = [b[ctx.rank::ctx.world] for b in batches]
             bar = tqdm(total=len(batches) * cfg.batch_size, unit="img", disable=not ctx.main, leave=False,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
-            t0, step_epochs, step_losses = time.monotonic(), [], []
+            t0 = time.monotonic()
             for images, angles in loader(self.train_data, mine, cfg.workers):
                 x = to_input(images, self.model, ctx.device)
                 y = angles.to(ctx.device).unsqueeze(1)
@@ -264,13 +269,10 @@ class Trainer:
                 self.pos["step"] += 1
                 self.pos["loss_sum"] += value
                 self.pos["loss_count"] += 1
-                step_epochs.append(self.progress())
-                step_losses.append(value)
                 bar.update(cfg.batch_size)
                 bar.set_postfix(loss=f"{value:.3g}")
-                if self.runlog is not None and (len(step_losses) >= 16 or self.pos["batch"] == self.steps_per_epoch):
-                    self.runlog.steps(step_epochs, step_losses)
-                    step_epochs, step_losses = [], []
+                if self.runlog is not None:
+                    self.runlog.steps([self.progress()], [value])
                 while pending and pending[0] <= self.progress() + 1e-9 and pending[0] < epoch + 1:
                     self.snapshot()
                     pending.pop(0)
@@ -279,8 +281,6 @@ class Trainer:
                     self.save()
                     last_save = time.monotonic()
             bar.close()
-            if self.runlog is not None and step_losses:
-                self.runlog.steps(step_epochs, step_losses)
             seconds = time.monotonic() - t0
             train_loss = self.pos["loss_sum"] / max(self.pos["loss_count"], 1)
             self.pos.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_count=0)
