@@ -322,9 +322,10 @@ def export_maps(model: nn.Module, input_shape=None, opset: int = DEFAULT_OPSET) 
     return m
 
 
-def export_vbp(model: nn.Module, input_shape=None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The network with VBP computed inside the graph: outputs "prediction", "vbp_mask", "vbp_relevance"."""
-    m = append_vbp_head(export_maps(model, input_shape, opset))
+def export_vbp(model: nn.Module, input_shape=None, opset: int = DEFAULT_OPSET, maps=None) -> onnx.ModelProto:
+    """The network with VBP computed inside the graph: outputs "prediction", "vbp_mask", "vbp_relevance".
+    `maps` is this model's export_maps() when already made."""
+    m = append_vbp_head(maps if maps is not None else export_maps(model, input_shape, opset))
     _set_meta(m, {"vbp_rt.variant": "vbp", "vbp_rt.maps": []})
     return m
 
@@ -348,7 +349,7 @@ def variant_paths(out) -> dict:
         if stem.endswith(suffix):
             stem = stem[:-len(suffix)]
             break
-    return {"maps": out.with_name(f"{stem}.onnx"), "vbp": out.with_name(f"{stem}.vbp.onnx"), "lrp": out.with_name(f"{stem}.lrp.onnx")}
+    return {v: out.with_name(f"{stem}.onnx" if v == "maps" else f"{stem}.{v}.onnx") for v in VARIANTS}
 
 
 def save(model: onnx.ModelProto, path) -> Path:
@@ -378,10 +379,11 @@ def export(model: nn.Module, out, variants=VARIANTS, eps: float = 100.0, input_s
         raise ValueError(f"unknown export variant(s) {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
     paths = variant_paths(out)
     written = {}
-    for v in VARIANTS:
-        if v in variants:
-            m = {"maps": lambda: export_maps(model, input_shape, opset),
-                 "vbp": lambda: export_vbp(model, input_shape, opset),
-                 "lrp": lambda: export_lrp(model, eps, input_shape, opset)}[v]()
-            written[v] = save(m, paths[v])
+    maps = export_maps(model, input_shape, opset) if {"maps", "vbp"} & set(variants) else None
+    if "maps" in variants:
+        written["maps"] = save(maps, paths["maps"])
+    if "vbp" in variants:
+        written["vbp"] = save(export_vbp(model, maps=maps), paths["vbp"])
+    if "lrp" in variants:
+        written["lrp"] = save(export_lrp(model, eps, input_shape, opset), paths["lrp"])
     return written
