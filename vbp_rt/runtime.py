@@ -3,12 +3,13 @@
 Backends: "ort-cpu", "ort-cuda" (onnxruntime; the VBP and LRP heads run inside the graph), "torch-cpu",
 "torch-cuda" (vbp_rt.explain and the method modules), "auto" (the fastest this machine really runs).
 
-onnxruntime runs in stages, each its own session on the same device: the network ("forward": the nodes
-the prediction needs) and one head per method (the remaining nodes of that method's graph). The maps a
-head reads pass between sessions as device-resident OrtValues (IOBinding), so on a GPU only the frame
-goes up and only the prediction and the masks come back. `timings` are wall-clock milliseconds of each
-stage (synchronized with the device) and of the whole call; on torch, a method other than VBP runs its
-own forward inside `vbp_rt.explain` and its time includes it.
+onnxruntime runs in stages, each its own session on the same device: "forward" (the network, and the
+channel means VBP takes from its maps as they are produced) and one head per method (the rest of that
+method's graph). What a head reads passes between sessions as device-resident OrtValues (IOBinding), so on
+a GPU only the frame goes up and only the prediction and the masks come back. `timings` are wall-clock
+milliseconds of each stage (synchronized with the device) and of the whole call; on torch, "forward" is the
+forward pass with VBP's channel-mean hooks, and a method other than VBP runs its own forward inside
+`vbp_rt.explain`, so its time includes it. See docs/onnx.md.
 """
 from __future__ import annotations
 
