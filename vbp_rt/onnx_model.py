@@ -115,7 +115,9 @@ def _session(path: str, mtime: float, method: str, eps: float | None):
     kept = [o for o in graph.graph.output if o.name in names]  # only what explain returns
     del graph.graph.output[:]
     graph.graph.output.extend(kept)
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    from .runtime import cpu_session_options
+    session = ort.InferenceSession(graph.SerializeToString(), cpu_session_options(),
+                                   providers=["CPUExecutionProvider"])
     return session, names
 
 
