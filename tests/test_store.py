@@ -149,7 +149,15 @@ def test_killed_writer_keeps_completed_frames(tmp_path):
     try:
         tmp = Path(proc.stdout.readline().strip())
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
+        with StoreReader(tmp) as live:  # readable while the writer is appending; refresh() sees new frames
+            first = len(live)
+            assert first >= 40
+            for _ in range(100):
+                time.sleep(0.05)
+                if live.refresh() > first:
+                    break
+            assert len(live) > first
+            np.testing.assert_array_equal(live.angle, np.arange(len(live), dtype=np.float32))
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
