@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
                            "(default in the window)")
     pace.add_argument("--fast", dest="realtime", action="store_false",
                       help="process every frame as fast as possible (default with --headless)")
-    p.add_argument("--speed", type=float, default=1.0, help="playback speed factor in real-time mode (default 1)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="playback speed factor in real-time mode (default 1; the window offers 0.25 to 4)")
     p.add_argument("--opacity", type=float, default=0.7, help="mask overlay opacity, 0..1 (default 0.7)")
     p.add_argument("--colormap", default="red", choices=sorted(COLORMAPS), help="mask colours (default red)")
     p.add_argument("--headless", action="store_true", help="no window: write the overlaid video and a timing summary")
@@ -108,7 +109,7 @@ def run(args) -> int:
         from .headless import run_headless
         source = open_source(source_spec, runtime.config.view)
         summary = run_headless(source, runtime, args.out, methods=methods, realtime=bool(args.realtime),
-                               frames=args.frames, opacity=args.opacity, colormap=args.colormap,
+                               speed=args.speed, frames=args.frames, opacity=args.opacity, colormap=args.colormap,
                                summary_path=args.summary)
         return 1 if summary["errors"] or not summary["frames"] else 0
     from .app import run_app

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from .pipeline import Pipeline, TimingStats
 
 
-def run_headless(source, runtime, out, *, methods=None, realtime: bool = False, frames: int | None = None,
-                 opacity: float = 0.7, colormap: str = "red", summary_path=None) -> dict:
+def run_headless(source, runtime, out, *, methods=None, realtime: bool = False, speed: float = 1.0,
+                 frames: int | None = None, opacity: float = 0.7, colormap: str = "red", summary_path=None) -> dict:
     """Play `source` through `runtime` into the video `out`; returns the summary (also written as JSON)."""
     out = Path(out)
     summary_path = Path(summary_path) if summary_path else out.with_suffix(".json")
@@ -44,7 +44,7 @@ def run_headless(source, runtime, out, *, methods=None, realtime: bool = False, 
             failures.append(message)
             done.set()
 
-    pipeline = Pipeline(source, runtime, on_result, on_event, methods=methods, realtime=realtime,
+    pipeline = Pipeline(source, runtime, on_result, on_event, methods=methods, realtime=realtime, speed=speed,
                         opacity=opacity, colormap=colormap, queue_size=4)
     pipeline.start_recording(out)
     start = time.perf_counter()
