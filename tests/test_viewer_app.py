@@ -103,6 +103,8 @@ def test_switch_methods_backend_and_display(window, qtbot, drive):
     window.method_boxes["lrp"].setChecked(False)
     qtbot.waitUntil(lambda: list(window.panel_views) == ["vbp"], timeout=WAIT)
     assert set(window.last_result.masks) == {"vbp"}
+    window.method_boxes["vbp"].setChecked(False)  # the last method stays
+    assert window.method_boxes["vbp"].isChecked() and "choose at least one method" in window.banner.text()
 
     window.backend_box.setCurrentText("ort-cpu")
     qtbot.waitUntil(lambda: window.last_result.backend == "ort-cpu", timeout=WAIT)

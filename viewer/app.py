@@ -327,8 +327,7 @@ class ViewerWindow(QMainWindow):
         chosen = tuple(name for name, box in self.method_boxes.items() if box.isChecked())
         if not chosen:
             self.show_message("warning", "choose at least one method")
-            return
-        self.set_methods(chosen)
+        self.set_methods(chosen or self.methods)
 
     def set_methods(self, methods) -> None:
         self.methods = tuple(methods)
