@@ -12,7 +12,7 @@ from data.ground import DN0, DS0, HALF, Camera
 from data.preprocess import VIEWS, prepare
 from data.road import STEERING_RATIO, WHEELBASE, CarState, Driver, Road
 from data.store import StoreReader
-from data.synth import Drive, SynthOptions, view_masks, write_synth
+from data.synth import Drive, SynthOptions, view_masks
 
 
 def test_driver_stays_in_lane_and_steers_with_the_road():

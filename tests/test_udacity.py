@@ -15,7 +15,7 @@ import pytest
 from data import cli as data_cli
 from data.preprocess import VIEWS, prepare
 from data.store import StoreReader
-from data.udacity import STEERING_MSG, STEERING_TYPE, ingest, open_source
+from data.udacity import STEERING_MSG, STEERING_TYPE, open_source
 
 T0 = 1479425440.0  # s
 
@@ -193,7 +193,7 @@ def test_bagdump_interpolated_csv_with_bad_rows(tmp_path):
     reasons = " | ".join(attrs["bad_reasons"])
     assert attrs["bad_frames"] == 3
     assert "image is 320x240, the source says 640x480" in reasons
-    assert f"interpolated.csv line 14: angle 'abc' is not a number" in reasons
+    assert "interpolated.csv line 14: angle 'abc' is not a number" in reasons
     assert "cannot be read" in reasons and f"{int(round(times[5] * 1e9))}.jpg" in reasons
 
 
