@@ -253,8 +253,14 @@ class Trainer:
             mine = [b[ctx.rank::ctx.world] for b in batches]
             bar = tqdm(total=len(batches) * cfg.batch_size, unit="img", disable=not ctx.main, leave=False,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
-            t0 = time.monotonic()
-            for images, angles in loader(self.train_data, mine, cfg.workers):
+            t0, wait = time.monotonic(), 0.0
+            batches_in = iter(loader(self.train_data, mine, cfg.workers))
+            while True:
+                t_ask = time.monotonic()
+                images, angles = next(batches_in, (None, None))
+                wait += time.monotonic() - t_ask  # the model waiting for data
+                if images is None:
+                    break
                 x = to_input(images, self.model, ctx.device)
                 y = angles.to(ctx.device).unsqueeze(1)
                 loss = torch.nn.functional.mse_loss(self.net(x), y)
@@ -270,7 +276,7 @@ class Trainer:
                 self.pos["loss_sum"] += value
                 self.pos["loss_count"] += 1
                 bar.update(cfg.batch_size)
-                bar.set_postfix(loss=f"{value:.3g}")
+                bar.set_postfix(loss=f"{value:.3g}", wait=f"{100 * wait / (time.monotonic() - t0):.1f}%")
                 if self.runlog is not None:
                     self.runlog.steps([self.progress()], [value])
                 while pending and pending[0] <= self.progress() + 1e-9 and pending[0] < epoch + 1:
@@ -289,7 +295,8 @@ class Trainer:
             improved = val < self.best
             self.best = min(self.best, val)
             self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_rmse": val, "lr": lr,
-                                 "seconds": seconds, "images_per_second": len(batches) * cfg.batch_size / seconds})
+                                 "seconds": seconds, "images_per_second": len(batches) * cfg.batch_size / seconds,
+                                 "data_wait_seconds": wait})
             if ctx.main:
                 self.runlog.metrics(epoch + 1, train_loss, val, lr)
                 while pending and pending[0] <= self.progress() + 1e-9:
@@ -299,7 +306,7 @@ class Trainer:
                 last_save = time.monotonic()
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4g} deg^2, val RMSE {val:.3f} deg"
                       f"{' (best)' if improved else ''}, {len(batches) * cfg.batch_size / seconds:.1f} img/s, "
-                      f"{seconds:.0f} s", flush=True)
+                      f"{seconds:.0f} s of which {wait:.1f} s waiting for data", flush=True)
             distributed.barrier(ctx)
         return {"best_val_rmse": self.best, "history": self.history}
 
