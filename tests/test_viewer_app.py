@@ -105,6 +105,7 @@ def test_switch_methods_backend_and_display(window, qtbot, drive):
     assert set(window.last_result.masks) == {"vbp"}
     window.method_boxes["vbp"].setChecked(False)  # the last method stays
     assert window.method_boxes["vbp"].isChecked() and "choose at least one method" in window.banner.text()
+    window.banner.hide()
 
     window.backend_box.setCurrentText("ort-cpu")
     qtbot.waitUntil(lambda: window.last_result.backend == "ort-cpu", timeout=WAIT)
