@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,10 +63,8 @@ class StoreWriter:
         self.bad_reasons: list[str] = []
         self._unflushed = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".partial", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        self.file = h5py.File(self.tmp, "w", libver="latest", rdcc_nbytes=CACHE_BYTES)
+        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+        self.file = h5py.File(self.tmp, "w-", libver="latest", rdcc_nbytes=CACHE_BYTES)
         f = self.file
         f.attrs.update({"format": FORMAT, "version": VERSION, "source": str(source),
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
