@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="measure the faithfulness of every attribution method (Markdown/CSV/PNG report)",
         description="Evaluate attribution methods against ground truth and against the model itself: lane "
-                    "pointing and ROC-AUC, region perturbation (AOPC vs random order), keep-top-30%%, "
+                    "pointing and ROC-AUC, region perturbation (AOPC vs random order), keep-top-30%, "
                     "cascading weight randomization and edge-map similarity, temporal stability, and the "
                     "bias/score ratio per layer (with and without BatchNorm).",
         epilog="examples: vbp eval --out eval-report;  vbp eval --quick --out /tmp/eval;  "

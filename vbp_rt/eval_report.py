@@ -118,7 +118,7 @@ def example_grid(path: Path, images: np.ndarray, lane: np.ndarray | None, masks:
             if j == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     fig.subplots_adjust(wspace=0.02, hspace=0.05)
-    save_figure(fig, path, dpi=60, colors=128)
+    save_figure(fig, path, dpi=75, colors=128)
     plt.close(fig)
 
 
