@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,8 +182,6 @@ def _bar(total, desc):
 
 
 def run(args) -> int:
-    import torch
-
     from . import methods as registry
     from .models import load_model
     s = _settings(args)
@@ -192,14 +191,24 @@ def run(args) -> int:
     if cfg.outputs != 1:
         raise ValueError(f"vbp eval measures steering models with one output; {args.model} has {cfg.outputs}")
     specs = parse_methods(args.methods) if args.methods else {m: (m, {}) for m in registry.available()}
-    names = list(specs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    store = Path(args.store) if args.store else None
-    if store is None:
-        store = out / f"heldout_seed{args.seed}_{s['drive_frames']}.h5"
-        if not store.exists():
-            generate_drive(store, args.seed, s["drive_frames"], cfg.view, cfg.height)
+    if args.store:
+        return evaluate(args, s, net, specs, Path(args.store), f"`{args.store}` ({args.split})", out, t0)
+    with tempfile.TemporaryDirectory(prefix="vbp-eval-") as tmp:
+        store = generate_drive(Path(tmp) / "drive.h5", args.seed, s["drive_frames"], cfg.view, cfg.height)
+        return evaluate(args, s, net, specs, store, f"synthetic drive generated with seed {args.seed}, "
+                        f"{s['drive_frames']} frames (`vbp data synth --seed {args.seed} --frames "
+                        f"{s['drive_frames']}` makes the same drive)", out, t0)
+
+
+def evaluate(args, s: dict, net, specs: dict, store: Path, store_label: str, out: Path, t0: float) -> int:
+    """Every table and plot of the report for `net` on `store`; writes OUT/report.md and friends."""
+    import torch
+
+    from .models import load_model
+    cfg = net.config
+    names = list(specs)
     torch.manual_seed(0)
     model = Model(net, s["batch_size"], specs)
     frames = load_frames(store, cfg.view, max(s["frames"], s["pairs"], s["perturb_frames"], s["sanity_frames"]),
@@ -242,10 +251,10 @@ def run(args) -> int:
     figures = [("examples.png", "masks of every method on two frames (first row: lane ground truth)"),
                ("perturbation.png", "region perturbation curves"), ("sanity.png", "cascading randomization"),
                ("bias_ratio.png", "bias/score ratio per layer")]
-    header = _header(args, s, store, frames, n, pairs, t0) + "- seconds per stage: " + ", ".join(
+    header = _header(args, s, store_label, frames, n, pairs, t0) + "- seconds per stage: " + ", ".join(
         f"{k} {v:.0f}" for k, v in timings.items()) + "\n"
     write_report(out, header, tables, figures, FOOTER)
-    print(f"vbp eval: {len(names)} methods on {n} frames of {store} -> {out / 'report.md'} "
+    print(f"vbp eval: {len(names)} methods on {n} frames -> {out / 'report.md'} "
           f"({time.time() - t0:.0f} s)")
     return 0
 
@@ -414,11 +423,11 @@ def _mean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def _header(args, s, store, frames: Frames, n, pairs, t0) -> str:
+def _header(args, s, store_label, frames: Frames, n, pairs, t0) -> str:
     cmd = "vbp eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["eval"] else \
         "vbp eval (called from Python)"
     return (f"# vbp eval report\n\n`{cmd}`\n\n"
-            f"- model: `{args.model}`; store: `{store}` ({args.split}), frames {int(frames.index[0])}..."
+            f"- model: `{args.model}`; data: {store_label}; frames {int(frames.index[0])}..."
             f"{int(frames.index[-1])} ({len(frames.index)} picked, {n} for pointing/keep-top, {pairs} pairs)\n"
             f"- settings: {', '.join(f'{k}={v}' for k, v in s.items())}"
             f"{'; QUICK MODE (smoke test, not a measurement)' if args.quick else ''}\n"
