@@ -9,6 +9,7 @@ import torch
 
 from data.store import StoreReader
 from trainer.runlog import RunLogReader
+from trainer.ship import evaluate, export
 from trainer.train import TrainConfig, epoch_batches, train
 from vbp_rt import explain
 from vbp_rt.cli import main
@@ -161,3 +162,26 @@ def test_resume_missing_and_corrupt_checkpoint(tmp_path, capsys):
 def test_resume_refuses_new_settings(tmp_path, capsys):
     code, err = run_cli(["--resume", str(tmp_path), "--lr", "0.1"], capsys)
     assert code == 2 and "--lr" in err
+
+
+def test_ship_half_precision_and_evaluate(run, tmp_path):
+    out, _ = run
+    shipped = export(out / "best.pt", tmp_path / "tiny.pt")
+    ckpt = read_checkpoint(shipped)
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert "optimizer" not in ckpt and ckpt["train_config"]["arch"] == "nethvf"
+    assert shipped.stat().st_size < (out / "best.pt").stat().st_size / 2
+    store = make_store(tmp_path / "truth.h5", frames=20, seed=7, masks=True)
+    full, half = evaluate(out / "best.pt", store), evaluate(shipped, store)
+    model = load_model(out / "best.pt")
+    assert full["rmse"] == pytest.approx(rmse_of(model, store, "all"), rel=1e-5)
+    assert half["rmse"] == pytest.approx(full["rmse"], rel=1e-2)
+    with StoreReader(store) as r:
+        lane, dist = r.lane_mask("hvf")[()].astype(bool), r.distractor_mask("hvf")[()].astype(bool)
+        assert full["zero_rmse"] == pytest.approx(float(np.sqrt(np.mean(r.angle.astype(np.float64) ** 2))))
+        x = torch.from_numpy(r.images("hvf")[()]).float().unsqueeze(1) / 255
+    mask = explain(model, x, "vbp").mask.numpy().astype(np.float64)
+    on_lane = ((mask * lane).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean()
+    assert full["mask_on_lane"] == pytest.approx(on_lane, rel=1e-4)
+    assert full["lane_area"] == pytest.approx(lane.mean(axis=(1, 2)).mean())
+    assert full["distractor_area"] == pytest.approx(40 / 351)

@@ -17,22 +17,28 @@ HEIGHT = 16
 TINY_NET = {"channels": [4, 4, 8, 8], "fc": [16]}
 
 
-def make_store(path, frames: int = 60, height: int = HEIGHT, seed: int = 0, nan_at=None, views=("hvf",)) -> Path:
-    """A drive where the angle moves a bright bar across the image: a tiny net can learn it."""
+def make_store(path, frames: int = 60, height: int = HEIGHT, seed: int = 0, nan_at=None, views=("hvf",),
+               masks: bool = False) -> Path:
+    """A drive where the angle moves a bright bar across the image: a tiny net can learn it.
+    With `masks`, the bar is the lane mask and the left 40 columns the distractor mask."""
     rng = np.random.default_rng(seed)
     widths = {"svf": 640, "hvf": 351}
     vs = [View(v, widths[v], height, 0, height) for v in views]
     angles = rng.uniform(-20, 20, frames).astype(np.float32)
-    with StoreWriter(path, vs, source="trainer test", fps=10.0) as w:
+    with StoreWriter(path, vs, source="trainer test", fps=10.0, ground_truth=masks) as w:
         for i, a in enumerate(angles):
-            images = {}
+            images, lanes, dists = {}, {}, {}
             for v in vs:
                 img = rng.integers(40, 80, (height, v.width), dtype=np.uint8)
                 x = int(v.width / 2 + a * v.width / 50)
                 img[:, max(x - 8, 0):x + 8] = 220
                 images[v.name] = img[None]
+                lanes[v.name] = (img == 220)[None]
+                dists[v.name] = np.zeros((1, height, v.width), bool)
+                dists[v.name][..., :40] = True
             label = np.nan if nan_at is not None and i == nan_at else a
-            w.append(images=images, angle=[label], speed=[10.0], timestamp=[i / 10], frame_id=[i])
+            w.append(images=images, angle=[label], speed=[10.0], timestamp=[i / 10], frame_id=[i],
+                     lane_mask=lanes if masks else None, distractor_mask=dists if masks else None)
     return Path(path)
 
 

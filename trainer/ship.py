@@ -1,0 +1,86 @@
+"""Turn a training checkpoint into a shipped model, and measure a model on a drive with ground truth.
+
+    python -m trainer.ship runs/hvf/best.pt --to vbp_rt/weights/nethvf.pt --eval-store eval.h5
+
+The shipped file is a half-precision `vbp_rt.models` checkpoint (weights, model config, and the run's
+settings and metric history, without optimizer state). The evaluation reports the RMSE against the
+RMSE of always predicting 0 and of always predicting the training mean, and where the VBP masks put
+their mass: the share on ground-truth lane-marking pixels and on distractor pixels, next to the share
+of the image those pixels cover (what a uniform mask would score).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.store import StoreReader
+from vbp_rt.evaluation import area_share, mass_share
+from vbp_rt.explain import explain
+from vbp_rt.models import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
+
+KEPT = ("train_config", "history", "best_val_rmse", "epoch", "step")
+
+
+def export(src, dst, **extra) -> Path:
+    """Write `src` (a training checkpoint) as a half-precision model checkpoint at `dst` (atomic)."""
+    ckpt = read_checkpoint(src)
+    model = model_from_checkpoint(ckpt)
+    save_checkpoint(dst, model, half=True, **{k: ckpt[k] for k in KEPT if k in ckpt}, **extra)
+    return Path(dst)
+
+
+def evaluate(model, store, batch_size: int = 16, split: str = "all") -> dict:
+    """RMSE and VBP mask shares of `model` (name, path or module) on a store with lane/distractor masks."""
+    model = load_model(model) if not isinstance(model, torch.nn.Module) else model.eval()
+    cfg = model.config
+    with StoreReader(store) as r:
+        if cfg.view not in r.views or r.lane_mask(cfg.view) is None:
+            raise ValueError(f"store {store} has no view {cfg.view!r} with lane/distractor masks "
+                             f"(write one with `vbp data synth`)")
+        s = r.split(split)
+        images, lanes, dists = r.images(cfg.view), r.lane_mask(cfg.view), r.distractor_mask(cfg.view)
+        preds, shares = [], {"lane": [], "distractor": [], "lane_area": [], "distractor_area": []}
+        for start in tqdm(range(s.start, s.stop, batch_size), desc=f"evaluate {cfg.arch}", unit="batch"):
+            stop = min(start + batch_size, s.stop)
+            x = torch.from_numpy(images[start:stop]).float().unsqueeze(1) * cfg.input_scale
+            e = explain(model, x, "vbp")
+            preds.append(e.prediction[:, 0].double().numpy())
+            mask, lane, dist = e.mask.numpy(), lanes[start:stop], dists[start:stop]
+            shares["lane"].append(mass_share(mask, lane))
+            shares["distractor"].append(mass_share(mask, dist))
+            shares["lane_area"].append(area_share(lane))
+            shares["distractor_area"].append(area_share(dist))
+        angle = r.angle[s].astype(np.float64)
+    pred = np.concatenate(preds)
+    out = {"frames": len(pred), "rmse": float(np.sqrt(np.mean((pred - angle) ** 2))),
+           "zero_rmse": float(np.sqrt(np.mean(angle ** 2))), "std_angle": float(angle.std())}
+    out["rmse_vs_zero"] = out["rmse"] / out["zero_rmse"]
+    for k, v in shares.items():
+        out[f"mask_on_{k}" if not k.endswith("area") else k] = float(np.nanmean(np.concatenate(v)))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.ship", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="training checkpoint (RUN_DIR/best.pt) or any model checkpoint")
+    p.add_argument("--to", help="write the half-precision shipped checkpoint here")
+    p.add_argument("--eval-store", help="store with ground-truth masks (`vbp data synth`) to measure on")
+    p.add_argument("--batch-size", type=int, default=16)
+    args = p.parse_args(argv)
+    model = args.checkpoint
+    if args.to:
+        model = export(args.checkpoint, args.to)
+        print(f"wrote {model} ({model.stat().st_size / 1e6:.1f} MB)")
+    if args.eval_store:
+        print(json.dumps(evaluate(model, args.eval_store, args.batch_size), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
