@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-DEFAULTS = dict(epochs=32, batch_size=32, lr=1e-4, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
+DEFAULTS = dict(epochs=32, batch_size=32, lr=5e-3, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
                 height=135, checkpoint_minutes=10.0)
 
 
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, help=f"epochs to train (default {DEFAULTS['epochs']}, as in the paper)")
     p.add_argument("--batch-size", type=int, help=f"global batch size, split among processes "
                                                   f"(default {DEFAULTS['batch_size']})")
-    p.add_argument("--lr", type=float, help=f"SGD learning rate (default {DEFAULTS['lr']})")
+    p.add_argument("--lr", type=float, help=f"SGD learning rate, for the standardized angle (default {DEFAULTS['lr']})")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {DEFAULTS['momentum']})")
     p.add_argument("--val-store", help="validate on every frame of this store instead of the test split")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present, else CPU")

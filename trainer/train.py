@@ -1,11 +1,16 @@
 """The training loop: NetSVF/NetHVF on an HDF5 store, SGD with momentum, MSE on degrees.
 
+The network learns standardized angles, (angle - mean) / std of the training split, so one learning
+rate suits the convolutions and the head whatever the spread of the angles; every checkpoint holds the
+network with that affine map folded into its last layer, i.e. a plain model predicting degrees.
+
 A run directory holds config.json, last.pt, best.pt (by validation RMSE) and runlog.h5 (see
 trainer.runlog). The order of training frames in epoch e is a permutation drawn from (seed, e), so a
 checkpoint's position (epoch, batch) is enough to continue exactly where it was written.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -39,7 +44,7 @@ class TrainConfig:
     out: str
     epochs: int = 32
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = 5e-3
     momentum: float = 0.9
     val_store: str | None = None
     device: str = "auto"
@@ -132,6 +137,27 @@ def to_input(images: torch.Tensor, model: ConvNet, device) -> torch.Tensor:
     return images.to(device, non_blocking=True).unsqueeze(1).float() * model.config.input_scale
 
 
+def _last_layer(model: ConvNet) -> str:
+    return f"head.{len(model.head) - 1}"
+
+
+def fold(model: ConvNet, target: dict) -> ConvNet:
+    """A copy of `model` predicting degrees: angle = mean + std * output, absorbed by the last layer."""
+    folded = copy.deepcopy(model)
+    with torch.no_grad():
+        folded.head[-1].weight.mul_(target["std"])
+        folded.head[-1].bias.mul_(target["std"]).add_(target["mean"])
+    return folded
+
+
+def unfold(state_dict: dict, model: ConvNet, target: dict) -> dict:
+    """The inverse of `fold` on a checkpoint's weights."""
+    state, last = dict(state_dict), _last_layer(model)
+    state[f"{last}.weight"] = state[f"{last}.weight"] / target["std"]
+    state[f"{last}.bias"] = (state[f"{last}.bias"] - target["mean"]) / target["std"]
+    return state
+
+
 class Trainer:
     """One run: builds or restores the model, optimizer, data, run log, and trains to `cfg.epochs`."""
 
@@ -152,10 +178,12 @@ class Trainer:
         self.val_path = val_path
         self.val_idx = check_store(val_path, val_split, view, height, width, 1)
         if resume is None:
-            with StoreReader(cfg.store) as r, torch.no_grad():  # start from the mean angle, not from 0
-                self.model.head[-1].bias.fill_(float(np.mean(r.angle[self.train_idx])))
+            with StoreReader(cfg.store) as r:
+                angles = r.angle[self.train_idx].astype(np.float64)
+            self.target = {"mean": float(angles.mean()), "std": float(angles.std()) or 1.0}
         else:
-            self.model.load_state_dict(resume["state_dict"])
+            self.target = dict(resume["target"])
+            self.model.load_state_dict(unfold(resume["state_dict"], self.model, self.target))
         # channels-last convolutions are markedly faster on CPU (oneDNN)
         self.model.to(ctx.device, memory_format=torch.channels_last if ctx.device.type == "cpu" else None)
         self.net = distributed.wrap(self.model, ctx)
@@ -192,15 +220,20 @@ class Trainer:
         return RunLogWriter(path, attrs, probe, keep=keep)
 
     def _checkpoint_extra(self) -> dict:
-        return {"train_config": asdict(self.cfg), "optimizer": self.opt.state_dict(), "position": dict(self.pos),
+        return {"train_config": asdict(self.cfg), "optimizer": self.opt.state_dict(), "target": self.target,
+                "position": dict(self.pos),
                 "epoch": self.progress(), "step": self.pos["step"], "best_val_rmse": self.best,
                 "history": list(self.history), "metrics": self.history[-1] if self.history else {}}
 
     def save(self, best: bool = False) -> None:
         extra = self._checkpoint_extra()
-        save_checkpoint(self.run_dir / "last.pt", self.model, **extra)
+        model = fold(self.model, self.target)
+        save_checkpoint(self.run_dir / "last.pt", model, **extra)
         if best:
-            save_checkpoint(self.run_dir / "best.pt", self.model, **extra)
+            save_checkpoint(self.run_dir / "best.pt", model, **extra)
+
+    def degrees(self, output: torch.Tensor) -> torch.Tensor:
+        return output * self.target["std"] + self.target["mean"]
 
     # -- evaluation --------------------------------------------------------------------------------
     def validate(self) -> float:
@@ -212,7 +245,7 @@ class Trainer:
         sq, n = 0.0, 0
         with torch.no_grad():
             for images, angles in loader(self.val_data, batches, self.cfg.workers):
-                pred = self.model(to_input(images, self.model, self.ctx.device))[:, 0].cpu().double()
+                pred = self.degrees(self.model(to_input(images, self.model, self.ctx.device)))[:, 0].cpu().double()
                 sq += float(((pred - angles.double()) ** 2).sum())
                 n += len(angles)
         self.model.train()
@@ -229,7 +262,7 @@ class Trainer:
             x = to_input(torch.from_numpy(probe), self.model, self.ctx.device)
             e = explain(self.model, x, "vbp")
             self.model.train()
-            masks, preds = e.mask.cpu().numpy().astype(np.float16), e.prediction[:, 0].cpu().numpy()
+            masks, preds = e.mask.cpu().numpy().astype(np.float16), self.degrees(e.prediction)[:, 0].cpu().numpy()
         else:
             masks, preds = np.zeros((0,) + probe.shape[1:], np.float16), np.zeros(0, np.float32)
         self.runlog.snapshot(self.progress(), masks, preds)
@@ -262,12 +295,12 @@ class Trainer:
                 if images is None:
                     break
                 x = to_input(images, self.model, ctx.device)
-                y = angles.to(ctx.device).unsqueeze(1)
+                y = (angles.to(ctx.device).unsqueeze(1) - self.target["mean"]) / self.target["std"]
                 loss = torch.nn.functional.mse_loss(self.net(x), y)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
-                value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world
+                value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world * self.target["std"] ** 2  # deg^2
                 if not math.isfinite(value):
                     raise ValueError(f"training diverged at epoch {self.progress():.3f} (loss {value}); "
                                              f"try a smaller --lr (now {cfg.lr})")
@@ -334,7 +367,7 @@ def load_resume(run_dir) -> tuple:
     for name in RUN_FILES:  # temporary files of writes a kill interrupted
         for tmp in Path(run_dir).glob(f".{name}.*tmp"):
             tmp.unlink(missing_ok=True)
-    missing = [k for k in ("train_config", "optimizer", "position", "history") if k not in ckpt]
+    missing = [k for k in ("train_config", "optimizer", "target", "position", "history") if k not in ckpt]
     if missing:
         raise ValueError(f"{path} is a model checkpoint without training state ({', '.join(missing)} missing); "
                          f"expected RUN_DIR/last.pt written by `vbp train`")
