@@ -2,9 +2,11 @@
 
 Runs the plain network, the VBP variant and the LRP variant round-robin (so a busy machine slows all three
 alike) and prints medians per batch size and the ratios to the forward pass. Not a test: timings vary by
-machine and load.
+machine and load. On a machine shared with other work, --cpu-time (one thread, the thread's CPU time
+instead of wall-clock time) is much less disturbed by the other processes.
 
-    python scripts/onnx_overhead.py [--model netsvf|CHECKPOINT] [--batches 1,8] [--repeats 200] [--threads N] [--spinning]
+    python scripts/onnx_overhead.py [--model netsvf|CHECKPOINT] [--batches 1,8] [--repeats 200] [--threads N]
+                                    [--spinning] [--cpu-time]
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=200, help="runs per session and batch size (batch 8: a quarter)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     p.add_argument("--spinning", action="store_true", help="let idle onnxruntime threads spin")
+    p.add_argument("--cpu-time", action="store_true", help="one thread; measure its CPU time, not wall-clock time")
     p.add_argument("--json", help="also write the medians to this JSON file")
     args = p.parse_args()
 
@@ -56,11 +59,13 @@ def main() -> None:
     maps = onnx_io.export_maps(model)
     graphs = {"forward": forward_only(maps), "forward+vbp": onnx_io.append_vbp_head(maps),
               "forward+lrp": onnx_io.export_lrp(model)}
-    options = cpu_session_options(args.threads, args.spinning)
+    options = cpu_session_options(1 if args.cpu_time else args.threads, args.spinning)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     sessions = {k: ort.InferenceSession(g.SerializeToString(), options, providers=["CPUExecutionProvider"])
                 for k, g in graphs.items()}
     print(f"onnxruntime {ort.__version__}, {options.intra_op_num_threads} thread(s), spinning {args.spinning}, "
-          f"{model.config.arch} {model.config.height}x{model.config.width}")
+          f"{'CPU' if args.cpu_time else 'wall-clock'} time, {model.config.arch} "
+          f"{model.config.height}x{model.config.width}")
     results = {}
     for n in (int(b) for b in args.batches.split(",")):
         x = {"input": np.random.default_rng(0).random((n, *model.config.input_shape), dtype=np.float32)}
@@ -70,9 +75,9 @@ def main() -> None:
                 s.run(None, x)
         for _ in range(args.repeats if n == 1 else max(10, args.repeats // 4)):
             for k, s in sessions.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 s.run(None, x)
-                times[k].append((time.perf_counter() - t0) * 1000)
+                times[k].append((clock() - t0) * 1000)
         med = {k: float(np.median(v)) for k, v in times.items()}
         results[n] = med
         print(f"batch {n}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
