@@ -16,7 +16,6 @@ from tqdm import tqdm
 from . import methods
 from .explain import explain
 from .models import load_model
-from .onnx_model import is_onnx, onnx_config
 from .overlay import overlay
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
@@ -152,6 +151,7 @@ def _batches(source, size):
 
 
 def run(args) -> int:
+    from .onnx_model import is_onnx, onnx_config
     if is_onnx(args.model):
         model, cfg = args.model, onnx_config(args.model)
     else:
