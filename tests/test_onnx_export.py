@@ -1,6 +1,8 @@
 """ONNX export: maps, in-graph VBP and in-graph LRP equal the torch engine; VBP head on graphs from elsewhere."""
 from __future__ import annotations
 
+import cv2
+import h5py
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -27,7 +29,7 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> dict:
 def net():
     torch.manual_seed(3)
     return randomize_bn(build("netsvf", height=41, width=77, channels=(4, 4, 6, 6, 8, 8), strides=(1, 2, 1, 2, 1, 2),
-                              fc=(16,)), seed=3)
+                              fc=(16,), view=""), seed=3)  # no camera view: frames are resized to 77x41
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +142,14 @@ def test_vbp_export_cli_and_explain_on_the_files(net, batch, tmp_path, capsys):
         np.testing.assert_allclose(got.prediction.numpy(), want.prediction.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="exported with eps"):
         explain(tmp_path / "x.onnx", batch, "lrp", eps=1.0)
+    frame = np.random.default_rng(4).integers(0, 256, (41, 77), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "frame.png"), frame)
+    assert main(["explain", str(tmp_path / "x.vbp.onnx"), str(tmp_path / "frame.png"), "--out",
+                 str(tmp_path / "m.h5")]) == 0
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        want = explain(net, torch.from_numpy(frame).float().div(255)[None, None], "vbp")
+        np.testing.assert_allclose(f["mask"][:], want.mask.numpy(), atol=1e-4)
+        np.testing.assert_allclose(f["prediction"][:], want.prediction.numpy()[:, 0], rtol=1e-5, atol=1e-6)
     foreign = tmp_path / "foreign.onnx"
     onnx.save(residual_cnn(), str(foreign))
     assert main(["export", str(foreign), "--out", str(tmp_path / "f.onnx")]) == 0
