@@ -1,4 +1,4 @@
-"""The training loop: NetSVF/NetHVF on an HDF5 store, SGD with momentum, MSE on degrees.
+"""The training loop: NetSVF/NetHVF on an HDF5 store, SGD with momentum, MSE of the steering angle.
 
 The network learns standardized angles, (angle - mean) / std of the training split, so one learning
 rate suits the convolutions and the head whatever the spread of the angles; every checkpoint holds the
@@ -245,7 +245,8 @@ class Trainer:
         sq, n = 0.0, 0
         with torch.no_grad():
             for images, angles in loader(self.val_data, batches, self.cfg.workers):
-                pred = self.degrees(self.model(to_input(images, self.model, self.ctx.device)))[:, 0].cpu().double()
+                out = self.model(to_input(images, self.model, self.ctx.device))
+                pred = self.degrees(out)[:, 0].cpu().double()
                 sq += float(((pred - angles.double()) ** 2).sum())
                 n += len(angles)
         self.model.train()
@@ -262,7 +263,8 @@ class Trainer:
             x = to_input(torch.from_numpy(probe), self.model, self.ctx.device)
             e = explain(self.model, x, "vbp")
             self.model.train()
-            masks, preds = e.mask.cpu().numpy().astype(np.float16), self.degrees(e.prediction)[:, 0].cpu().numpy()
+            masks = e.mask.cpu().numpy().astype(np.float16)
+            preds = self.degrees(e.prediction)[:, 0].cpu().numpy()
         else:
             masks, preds = np.zeros((0,) + probe.shape[1:], np.float16), np.zeros(0, np.float32)
         self.runlog.snapshot(self.progress(), masks, preds)
@@ -300,10 +302,10 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
-                value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world * self.target["std"] ** 2  # deg^2
+                value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world * self.target["std"] ** 2
                 if not math.isfinite(value):
                     raise ValueError(f"training diverged at epoch {self.progress():.3f} (loss {value}); "
-                                             f"try a smaller --lr (now {cfg.lr})")
+                                     f"try a smaller --lr (now {cfg.lr})")
                 self.pos["batch"] += 1
                 self.pos["step"] += 1
                 self.pos["loss_sum"] += value
