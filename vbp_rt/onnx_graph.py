@@ -160,7 +160,6 @@ class _Flow:
 
     def __init__(self, graph: onnx.GraphProto, source: str):
         self.nodes = _topological(graph)
-        self.index = {id(n): i for i, n in enumerate(self.nodes)}
         consumers: dict = {}
         for n in self.nodes:
             for t in n.input:
@@ -237,13 +236,10 @@ def _check_path(spatial, between, shapes, flow, prev_tensor, relu) -> None:
                              f"parallel branches with their own geometry ({a.op_type} {a.name or a.output[0]} and "
                              f"{b.op_type} {b.name or b.output[0]}): VisualBackProp needs one conv path")
     for n in between:
-        if n.op_type in SPATIAL_OPS:
+        if n.op_type in SPATIAL_OPS or not n.input:
             continue
-        ins = [shapes.get(i) for i in n.input[:1]]
-        outs = [shapes.get(o) for o in n.output[:1]]
-        if ins and outs and ins[0] and outs[0] and len(ins[0]) == 4 and len(outs[0]) == 4 \
-                and tuple(ins[0][2:]) != tuple(outs[0][2:]):
-            raise ValueError(f"{n.op_type} node {n.name or n.output[0]} changes the map size from {ins[0][2:]} to "
-                             f"{outs[0][2:]} in a way VisualBackProp cannot invert (supported: Conv, MaxPool, "
+        before, after = shapes.get(n.input[0]), shapes.get(n.output[0])
+        if before and after and len(before) == len(after) == 4 and tuple(before[2:]) != tuple(after[2:]):
+            raise ValueError(f"{n.op_type} node {n.name or n.output[0]} changes the map size from {before[2:]} to "
+                             f"{after[2:]} in a way VisualBackProp cannot invert (supported: Conv, MaxPool, "
                              "AveragePool)")
-
