@@ -104,3 +104,17 @@ def test_torch_and_onnx_views_of_other_net_agree_in_shape():
     o = onnx_graph.find_chain(torch_onnx(net, OTHER_SHAPE))
     assert [link.shape for link in t.links] == [link.shape for link in o.links]
     assert [link.ops for link in t.links] == [link.ops for link in o.links]
+
+
+def test_parallel_branches_between_maps_are_refused():
+    w3 = numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w3")
+    w1 = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w1")
+    w0 = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w0")
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1] * 4), helper.make_node("Relu", ["c0"], ["a"]),
+             helper.make_node("Conv", ["a", "w3"], ["b3"], pads=[1] * 4), helper.make_node("Conv", ["a", "w1"], ["b1"]),
+             helper.make_node("Concat", ["b3", "b1"], ["cat"], axis=1), helper.make_node("Relu", ["cat"], ["b"])]
+    g = helper.make_graph(nodes, "inception", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                          [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)], [w0, w1, w3])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(ValueError, match="parallel branches"):
+        onnx_graph.find_chain(m)
