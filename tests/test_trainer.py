@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -160,8 +161,20 @@ def test_resume_missing_and_corrupt_checkpoint(tmp_path, capsys):
 
 
 def test_resume_refuses_new_settings(tmp_path, capsys):
-    code, err = run_cli(["--resume", str(tmp_path), "--lr", "0.1"], capsys)
-    assert code == 2 and "--lr" in err
+    code, err = run_cli(["--resume", str(tmp_path), "--momentum", "0.5"], capsys)
+    assert code == 2 and "--momentum" in err
+
+
+def test_resume_with_more_epochs_and_a_lower_lr(run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--lr", "1e-4"]) == 0
+    last = read_checkpoint(out / "last.pt")
+    assert last["position"]["epoch"] == 3 and last["optimizer"]["param_groups"][0]["lr"] == 1e-4
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
+    with RunLogReader(out / "runlog.h5") as log:
+        np.testing.assert_allclose(log.metrics()["lr"], [1e-3, 1e-3, 1e-4])
+        np.testing.assert_allclose(log.snapshots()["epoch"], [0, 0.5, 1, 2, 3], atol=1 / 12)
 
 
 def test_ship_half_precision_and_evaluate(run, tmp_path):

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
                                                                 "nethvf (351x135 view 'hvf')")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt "
-                                                       "(--epochs, --device, --workers may be changed)")
+                                                       "(--epochs, --lr, --device, --workers may be changed)")
     p.add_argument("--epochs", type=int, help=f"epochs to train (default {DEFAULTS['epochs']}, as in the paper)")
     p.add_argument("--batch-size", type=int, help=f"global batch size, split among processes "
                                                   f"(default {DEFAULTS['batch_size']})")
@@ -60,12 +60,13 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume:
-        fixed = [o for o in ("store", "arch", "out", "batch_size", "lr", "momentum", "val_store", "snapshots",
+        fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "snapshots",
                              "probes", "seed", "height", "net", "checkpoint_minutes") if getattr(args, o) is not None]
         if fixed:
             raise ValueError(f"--resume continues a run with its own settings; do not give "
                              f"{', '.join('--' + o.replace('_', '-') if o != 'store' else 'STORE' for o in fixed)}")
-        result = train(resume_dir=args.resume, epochs=args.epochs, device=args.device, workers=args.workers)
+        result = train(resume_dir=args.resume, epochs=args.epochs, lr=args.lr, device=args.device,
+                       workers=args.workers)
     else:
         if not (args.store and args.arch and args.out):
             raise ValueError("vbp train needs STORE, --arch and --out (or --resume RUN_DIR)")

@@ -196,6 +196,8 @@ class Trainer:
         self.history = []
         if resume is not None:
             self.opt.load_state_dict(resume["optimizer"])
+            for group in self.opt.param_groups:  # --lr may change on resume
+                group["lr"] = cfg.lr
             self.pos = dict(resume["position"])
             self.best = resume["best_val_rmse"]
             self.history = list(resume["history"])
@@ -378,13 +380,13 @@ def load_resume(run_dir) -> tuple:
     return TrainConfig(**tc), ckpt
 
 
-def train(cfg: TrainConfig | None = None, resume_dir=None, epochs: int | None = None, device: str | None = None,
-          workers: int | None = None) -> dict:
-    """Train a new run (`cfg`) or continue one (`resume_dir`, optionally with more `epochs`)."""
+def train(cfg: TrainConfig | None = None, resume_dir=None, epochs: int | None = None, lr: float | None = None,
+          device: str | None = None, workers: int | None = None) -> dict:
+    """Train a new run (`cfg`) or continue one (`resume_dir`, optionally with more `epochs` or another `lr`)."""
     ckpt = None
     if resume_dir is not None:
         cfg, ckpt = load_resume(resume_dir)
-        for name, value in (("epochs", epochs), ("device", device), ("workers", workers)):
+        for name, value in (("epochs", epochs), ("lr", lr), ("device", device), ("workers", workers)):
             if value is not None:
                 setattr(cfg, name, value)
     ctx = distributed.setup(cfg.device)
