@@ -90,6 +90,11 @@ class ConvNet(nn.Module):
         if cfg.final_bn:
             layers.append(nn.BatchNorm2d(c_in))
         self.features = nn.Sequential(*layers)
+        if not cfg.batchnorm:  # without BatchNorm, a deep plain stack keeps its signal only with He init
+            for m in self.features:
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
         self.features.eval()  # the size probe must not touch BatchNorm running statistics
         with torch.no_grad():
             n_flat = self.features(torch.zeros(1, *cfg.input_shape)).numel()
