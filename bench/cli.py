@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=float, help="time budget of one group of timings (default 25; quick: 2)")
     p.add_argument("--min-runs", type=int, help="timed calls of each method at least (default 15; quick: 5)")
     p.add_argument("--threads", type=int, help="engine threads (default: the runtime's choice, one per core)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time (default); cpu: CPU time of the process per call, which other "
+                        "programs on a shared machine do not inflate (with --threads 1: single-core latency)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="tell glibc to keep freed buffers (as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=huge would)")
     p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
@@ -85,7 +88,9 @@ def settings_from(args) -> dict:
          "pipeline": not args.no_pipeline, "video": args.video, "frames": args.frames or d["frames"],
          "rounds": args.rounds or d["rounds"], "seconds": args.seconds or d["seconds"],
          "min_runs": args.min_runs or d["min_runs"], "stage_frames": d["stage_frames"], "threads": args.threads,
-         "keep_freed_memory": bool(args.keep_freed_memory)}
+         "keep_freed_memory": bool(args.keep_freed_memory), "clock": args.clock}
+    if s["clock"] == "cpu" and any(b.endswith("cuda") for b in backends):
+        raise ValueError("--clock cpu measures CPU work; GPU backends are timed with the wall clock (drop --clock)")
     if s["video"] and not Path(s["video"]).is_file():
         raise FileNotFoundError(f"--video {s['video']} does not exist")
     if s["frames"] < 2 or s["rounds"] < 1 or s["seconds"] <= 0 or s["min_runs"] < 3:
@@ -96,8 +101,9 @@ def settings_from(args) -> dict:
 def budget_for(s: dict):
     from .timing import Budget
     if s["quick"]:
-        return Budget(warmup=1, warmup_s=0.0, min_runs=s["min_runs"], max_runs=100, max_s=s["seconds"])
-    return Budget(warmup=3, warmup_s=0.5, min_runs=s["min_runs"], max_runs=300, max_s=s["seconds"])
+        return Budget(warmup=1, warmup_s=0.0, min_runs=s["min_runs"], max_runs=100, max_s=s["seconds"],
+                      clock=s["clock"])
+    return Budget(warmup=3, warmup_s=0.5, min_runs=s["min_runs"], max_runs=300, max_s=s["seconds"], clock=s["clock"])
 
 
 def run(args) -> int:
@@ -125,28 +131,32 @@ def run(args) -> int:
         if spec.weights == "random":
             results.note(f"{spec.label}: randomly initialized weights with randomized BatchNorm statistics "
                          "(no shipped model): timings do not depend on the weights")
-    tasks = [("engine", spec, backend, b) for spec in specs for b in s["batch"] for backend in s["backends"]]
-    if s["peers"]:
-        devices = ["cpu"] + (["cuda"] if "torch-cuda" in s["backends"] else [])
-        tasks += [("peers", spec, d, b) for spec in specs for b in s["peer_batch"] for d in devices]
-    with tqdm(tasks, desc="vbp bench", unit="group", file=sys.stderr, disable=None) as bar:
-        for kind, spec, where, b in bar:
+    sets = [(), ("vbp",)] + ([] if s["quick"] or "lrp" not in s["methods"] else [("vbp", "lrp")])
+    sets = [ms for ms in sets if all(m in s["methods"] for m in ms)]
+    devices = ["cpu"] + (["cuda"] if "torch-cuda" in s["backends"] else [])
+    tasks = []
+    for i, spec in enumerate(specs):  # model by model: each model's engines are released before the next
+        tasks += [("engine", spec, backend, b) for b in s["batch"] for backend in s["backends"]]
+        tasks += [("peers", spec, d, b) for b in s["peer_batch"] for d in devices] if s["peers"] else []
+        tasks += [("pipeline", spec, backend, 1) for backend in s["backends"]] if s["pipeline"] and i == 0 else []
+    pipeline = []
+    with tempfile.TemporaryDirectory(prefix="vbp-bench-") as tmp, \
+            tqdm(tasks, desc="vbp bench", unit="group", file=sys.stderr, disable=None) as bar:
+        video = s["video"]
+        if s["pipeline"] and not video:
+            video = synthetic_clip(Path(tmp) / "road.mp4", s["frames"] + WARMUP_FRAMES + 5)
+            results.note("pipeline: a generated 640x480 mp4v road clip (give --video for real footage)")
+        for k, (kind, spec, where, b) in enumerate(bar):
             bar.set_postfix_str(f"{kind} {spec.label} {where} batch {b}")
             if kind == "engine":
                 engine_group(spec, where, b, s["methods"], budget, results, runtimes)
-            else:
+            elif kind == "peers":
                 peer_group(spec, b, s["methods"], budget, results, where)
-    pipeline = []
-    if s["pipeline"]:
-        sets = [(), ("vbp",)] + ([] if s["quick"] or "lrp" not in s["methods"] else [("vbp", "lrp")])
-        sets = [ms for ms in sets if all(m in s["methods"] for m in ms)]
-        with tempfile.TemporaryDirectory(prefix="vbp-bench-") as tmp:
-            video = s["video"] or synthetic_clip(Path(tmp) / "road.mp4", s["frames"] + WARMUP_FRAMES + 5)
-            for backend in tqdm(s["backends"], desc="vbp bench pipeline", unit="backend", file=sys.stderr, disable=None):
-                pipeline += run_pipeline(specs[0], backend, sets, video, runtimes, results, s["frames"],
-                                         s["rounds"], s["stage_frames"])
-        if not s["video"]:
-            results.note("pipeline: a generated 640x480 mp4v road clip (give --video for real footage)")
+            else:
+                pipeline += run_pipeline(spec, where, sets, video, runtimes, results, s["frames"], s["rounds"],
+                                         s["stage_frames"], s["clock"])
+            if k + 1 == len(tasks) or tasks[k + 1][1] is not spec:
+                runtimes.clear()
     env["load_average_end"] = environment.load_average()
     env["seconds"] = round(time.time() - started, 1)
     settings = {**s, "budget": dataclasses.asdict(budget)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +134,11 @@ class Runtimes:
             self._made[key] = Runtime(source, backend=backend, methods=tuple(methods), threads=self.threads)
         return self._made[key]
 
+    def clear(self) -> None:
+        """Release every engine (onnxruntime keeps its buffers for the largest batch it has seen)."""
+        self._made.clear()
+        gc.collect()
+
 
 def engine_group(spec: ModelSpec, backend: str, batch: int, methods, budget: Budget, results: Results,
                  runtimes: Runtimes) -> None:
@@ -150,15 +156,17 @@ def engine_group(spec: ModelSpec, backend: str, batch: int, methods, budget: Bud
         cfg = base.config
         spec.input_shape, spec.input_scale = (cfg.in_channels, cfg.height, cfg.width), cfg.input_scale
     images = make_images(spec.input_shape, batch)
-    engines = {FORWARD: (base, ())}
+    engines, skipped = {FORWARD: (base, ())}, {}
     for m in methods:
         try:
             rt = runtimes.get(spec, backend, (m,))
             rt.run(images[:1], methods=(m,))
         except (ValueError, NotImplementedError) as e:
-            results.note(f"{spec.label}: {m} on {backend} not measured: {e}")
+            skipped[m] = str(e)
             continue
         engines[m] = (rt, (m,))
+    if skipped:
+        results.note(f"{backend}: {', '.join(skipped)} not measured ({next(iter(skipped.values()))})")
     logs = {name: [] for name in engines}
 
     def call(name):

@@ -46,7 +46,8 @@ def synthetic_clip(path, frames: int, fps: float = 25.0, size=(640, 480), seed: 
 
 
 def measure_fps(runtime, video, methods, frames: int, timeout: float = 600.0) -> dict:
-    """Play `video` through the viewer pipeline in fast mode; frames/s over `frames` results after a warm-up."""
+    """Play `video` through the viewer pipeline in fast mode; over `frames` results after a warm-up, the
+    frames per second of elapsed time ("fps") and per second of the process's CPU time ("cpu_fps")."""
     from viewer.pipeline import Pipeline
     from viewer.sources import VideoSource
     source = VideoSource(video)
@@ -54,7 +55,7 @@ def measure_fps(runtime, video, methods, frames: int, timeout: float = 600.0) ->
     want = frames + WARMUP_FRAMES
 
     def on_result(_result):
-        arrivals.append(time.perf_counter())
+        arrivals.append((time.perf_counter(), time.process_time()))
         if len(arrivals) >= want:
             pipeline.pause()
             done.set()
@@ -76,12 +77,15 @@ def measure_fps(runtime, video, methods, frames: int, timeout: float = 600.0) ->
     timed = arrivals[WARMUP_FRAMES:]
     if len(timed) < 2:
         raise ValueError(f"{video} gave only {len(arrivals)} frames; the pipeline needs more than {WARMUP_FRAMES + 1}")
-    return {"frames": len(timed) - 1, "fps": (len(timed) - 1) / (timed[-1] - timed[0]),
+    n = len(timed) - 1
+    return {"frames": n, "fps": n / (timed[-1][0] - timed[0][0]), "cpu_fps": n / max(timed[-1][1] - timed[0][1], 1e-9),
             "dropped": pipeline.dropped, "bad_frames": pipeline.bad}
 
 
-def stage_times(runtime, video, methods, frames: int, opacity: float = 0.7, colormap: str = "red") -> dict:
-    """Median ms of each stage, run one after the other on `frames` frames with the viewer's own calls."""
+def stage_times(runtime, video, methods, frames: int, clock=time.perf_counter, opacity: float = 0.7,
+                colormap: str = "red") -> dict:
+    """Median ms of each stage, run one after the other on `frames` frames with the viewer's own calls;
+    `clock` is time.perf_counter (elapsed) or time.process_time (CPU)."""
     from data.preprocess import view_box
     from viewer.render import frame_panel, method_panels
     from viewer.sources import VideoSource
@@ -90,17 +94,17 @@ def stage_times(runtime, video, methods, frames: int, opacity: float = 0.7, colo
     try:
         count = min(frames, source.length or frames)
         for i in range(count):
-            t0 = time.perf_counter()
+            t0 = clock()
             frame = source.read(i)
-            t1 = time.perf_counter()
+            t1 = clock()
             view = runtime.prepare(frame.image)
-            t2 = time.perf_counter()
+            t2 = clock()
             r = runtime.run(view[None], methods=tuple(methods))
-            t3 = time.perf_counter()
+            t3 = clock()
             box = view_box(frame.image.shape, runtime.view) if runtime.view is not None else None
             frame_panel(frame.image, box)
             method_panels(view, {m: r.masks[m][0] for m in methods}, opacity, colormap)
-            t4 = time.perf_counter()
+            t4 = clock()
             for k, a, b in (("decode", t0, t1), ("preprocess", t1, t2), ("engine", t2, t3), ("overlay", t3, t4)):
                 times[k].append((b - a) * 1e3)
     finally:
@@ -109,12 +113,12 @@ def stage_times(runtime, video, methods, frames: int, opacity: float = 0.7, colo
 
 
 def run_pipeline(spec, backend: str, method_sets, video, runtimes, results, frames: int, rounds: int,
-                 stage_frames: int) -> list:
+                 stage_frames: int, clock: str = "wall") -> list:
     """Frames/s of the viewer pipeline for each set of methods (() = forward only) on one backend.
 
     Each set is measured `rounds` times, alternating between the sets so they share the machine's load
-    alike; the reported fps is the median of the rounds. The stage times come from a sequential pass over
-    `stage_frames` frames. Returns one dict per method set.
+    alike; the reported fps is the median of the rounds (per second of CPU time with clock="cpu"). The
+    stage times come from a sequential pass over `stage_frames` frames. Returns one dict per method set.
     """
     engines = {ms: runtimes.get(spec, backend, ms) for ms in method_sets}
     if any(rt.backend != backend for rt in engines.values()):
@@ -126,12 +130,14 @@ def run_pipeline(spec, backend: str, method_sets, video, runtimes, results, fram
             runs[ms].append(measure_fps(engines[ms], video, ms, frames))
     out = []
     for ms in method_sets:
-        fps = [r["fps"] for r in runs[ms]]
+        fps = [r["cpu_fps" if clock == "cpu" else "fps"] for r in runs[ms]]
         out.append({"kind": "pipeline", "model": spec.label, "weights": spec.weights, "backend": backend,
                     "methods": "+".join(ms) or "forward", "fps": float(np.median(fps)), "fps_runs": fps,
                     "frames": sum(r["frames"] for r in runs[ms]), "video": str(video),
                     "dropped": sum(r["dropped"] for r in runs[ms]),
-                    "stages_ms": stage_times(engines[ms], video, ms, stage_frames)})
+                    "wall_fps": float(np.median([r["fps"] for r in runs[ms]])), "clock": clock,
+                    "stages_ms": stage_times(engines[ms], video, ms, stage_frames,
+                                             time.process_time if clock == "cpu" else time.perf_counter)})
     base = out[0]["fps"] if out and out[0]["methods"] == "forward" else None
     for row in out:
         row["fps_over_forward"] = row["fps"] / base if base else None

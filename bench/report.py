@@ -114,6 +114,8 @@ def table(doc: dict) -> str:
     """The terminal table: one block per group, then ratios, pipeline, targets and notes."""
     lines = []
     rows = doc["latency"] + doc["peers"]
+    cpu = doc["settings"].get("clock") == "cpu"
+    unit = "ms of process CPU time" if cpu else "ms"
     groups = []
     for r in rows:
         key = (r["kind"], r["model"], r["weights"], r["backend"], r["batch"])
@@ -122,7 +124,7 @@ def table(doc: dict) -> str:
     head = f"  {'method':<18}{'median':>9}{'p95':>9}{'IQR':>8}{'n':>5}{'per img':>9}{'extra':>9}{'extra/fwd':>10}"
     for kind, model, weights, backend, batch in groups:
         title = "engine" if kind == "latency" else "peers (torch, same module and input)"
-        lines += ["", f"{title}: {model} ({weights} weights), {backend}, batch {batch}   [ms]", head]
+        lines += ["", f"{title}: {model} ({weights} weights), {backend}, batch {batch}   [{unit}]", head]
         for r in rows:
             if (r["kind"], r["model"], r["weights"], r["backend"], r["batch"]) != (kind, model, weights, backend, batch):
                 continue
@@ -139,7 +141,8 @@ def table(doc: dict) -> str:
             lines.append(f"  {g:<40}{_fmt(q['vbp_extra_over_forward'], '.3f'):>14}"
                          f"{_fmt(q.get('lrp_extra_over_vbp_extra'), '.1f'):>21}")
     if doc["pipeline"]:
-        lines += ["", "viewer pipeline (decode -> preprocess -> engine -> overlay), stages in ms",
+        lines += ["", f"viewer pipeline (decode -> preprocess -> engine -> overlay), "
+                      f"{'frames per CPU-second' if cpu else 'frames/s'}, stages in {unit}",
                   f"  {'model/backend':<22}{'methods':<10}{'fps':>8}{'x fwd':>7}{'decode':>8}{'prep':>7}{'engine':>8}"
                   f"{'overlay':>8}"]
         for p in doc["pipeline"]:
@@ -172,7 +175,9 @@ def plot(doc: dict, path: Path) -> None:
     _plot_batches(axes[1][0], doc["latency"])
     _plot_pipeline(axes[1][1], doc["pipeline"])
     env = doc["environment"]
-    fig.suptitle(f"vbp bench: {env['cpu']}, {env['usable_cores']} cores, load {env['load_average'][:1]}", fontsize=11)
+    clock = "process CPU time" if doc["settings"].get("clock") == "cpu" else "elapsed time"
+    fig.suptitle(f"vbp bench ({clock}): {env['cpu']}, {env['usable_cores']} cores, load {env['load_average'][:1]}",
+                 fontsize=11)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

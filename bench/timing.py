@@ -78,6 +78,17 @@ def wall_ms(fn) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def cpu_ms(fn) -> float:
+    """CPU time of the whole process (all its threads) during the call: the work the call costs, whatever
+    else the machine runs. With one engine thread it is the call's latency on an otherwise idle core."""
+    t0 = time.process_time()
+    fn()
+    return (time.process_time() - t0) * 1e3
+
+
+CLOCKS = {"wall": wall_ms, "cpu": cpu_ms}
+
+
 @dataclass
 class Budget:
     """How long to measure one group. warmup: untimed calls of each callable (and at least warmup_s seconds
@@ -89,16 +100,17 @@ class Budget:
     max_runs: int = 200
     max_s: float = 20.0
     rel_tol: float = 0.03
+    clock: str = "wall"
 
 
 def measure_group(fns: dict, budget: Budget, timers: dict | None = None) -> dict:
     """Time each callable of `fns` (name -> fn()) in interleaved rounds; returns name -> Stats.
 
-    `timers` maps a name to how to time it (default: wall clock; `CudaTimer()` for GPU work). A callable
+    `timers` maps a name to how to time it (default: the budget's clock; `CudaTimer()` for GPU work). A callable
     slower than the whole budget still gets `min(min_runs, 3)` timed calls.
     """
     timers = timers or {}
-    timer = {name: timers.get(name, wall_ms) for name in fns}
+    timer = {name: timers.get(name, CLOCKS[budget.clock]) for name in fns}
     for fn in fns.values():
         t0, k = time.perf_counter(), 0
         while k < budget.warmup or (time.perf_counter() - t0 < budget.warmup_s and k < 50):

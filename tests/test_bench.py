@@ -46,7 +46,7 @@ def test_quick_run_measures_every_backend_and_method(quick_run):
         assert {(backend, "forward"), (backend, "vbp"), (backend, "lrp")} <= got
     assert ("torch-cpu", "saliency") in got
     assert ("ort-cpu", "saliency") not in got  # no onnxruntime head: reported, not faked
-    assert any("saliency on ort-cpu not measured" in n for n in doc["notes"])
+    assert any(n.startswith("ort-cpu: saliency not measured") for n in doc["notes"])
     for r in doc["latency"] + doc["peers"]:
         assert r["n"] >= 3 and 0 < r["min"] <= r["median"] <= r["p95"] and r["iqr"] >= 0
         assert r["ci_low"] <= r["median"] <= r["ci_high"]
@@ -231,3 +231,24 @@ def test_gradcam_adapter_agrees_with_our_gradcam():
 def test_bad_options_are_clear_errors(argv, message, capsys, tmp_path):
     assert main(["bench", "--quick", "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cpu_clock_counts_work_not_waiting():
+    """Sleeping costs elapsed time but no CPU time: the two clocks must tell them apart."""
+    import time
+    budget = dict(warmup=1, warmup_s=0, min_runs=3, max_runs=3, max_s=1.0)
+    wall = timing.measure_group({"sleep": lambda: time.sleep(0.05)}, timing.Budget(**budget))["sleep"]
+    cpu = timing.measure_group({"sleep": lambda: time.sleep(0.05)}, timing.Budget(**budget, clock="cpu"))["sleep"]
+    assert wall.median >= 50.0 and cpu.median < 25.0
+
+
+def test_cpu_clock_run(tmp_path):
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, tiny_net())
+    argv = ["bench", "--quick", "--clock", "cpu", "--threads", "1", "--models", str(ckpt), "--backends", "ort-cpu",
+            "--no-peers", "--seconds", "0.2", "--min-runs", "3", "--frames", "4", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert doc["settings"]["clock"] == "cpu" and doc["settings"]["threads"] == 1
+    assert {r["method"] for r in doc["latency"]} == {"forward", "vbp", "lrp"}
+    assert all(p["clock"] == "cpu" and p["fps"] > 0 and p["wall_fps"] > 0 for p in doc["pipeline"])
