@@ -103,7 +103,7 @@ def budget_for(s: dict):
     if s["quick"]:
         return Budget(warmup=1, warmup_s=0.0, min_runs=s["min_runs"], max_runs=100, max_s=s["seconds"],
                       clock=s["clock"])
-    return Budget(warmup=3, warmup_s=0.5, min_runs=s["min_runs"], max_runs=300, max_s=s["seconds"], clock=s["clock"])
+    return Budget(warmup=2, warmup_s=0.3, min_runs=s["min_runs"], max_runs=300, max_s=s["seconds"], clock=s["clock"])
 
 
 def run(args) -> int:
