@@ -151,7 +151,9 @@ def test_constant_mask_is_zero_not_nan():
 
 
 def test_vbp_handles_tiny_activations_without_underflow():
-    """Ten layers of small averages would underflow float32 without the per-step rescale."""
+    """Ten layers of small averages would underflow float32 without the per-step rescale (denormals
+    flushed, as they are in any thread that has run LRP)."""
+    torch.set_flush_denormal(True)
     torch.manual_seed(0)
     net = vbp_rt.build("netsvf", height=125, width=160).eval()
     x = torch.rand(1, 1, 125, 160)

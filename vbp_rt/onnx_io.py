@@ -133,7 +133,7 @@ def vbp_head(b: GraphBuilder, chain: Chain) -> tuple:
     Returns the names of (mask (N,H,W) in [0,1], relevance (N,H,W), the channel means)."""
     averages = [channel_mean(b, link.name, link.shape[0]) for link in chain.links]
     m, _ = backproject(averages, chain, upscale=lambda m, op: upscale(b, m, op),
-                       combine=lambda m, a: rescale(b, b.op("Mul", [m, a])))
+                       combine=lambda m, a: rescale(b, b.op("Mul", [m, a])), start=lambda m: rescale(b, m))
     h, w = chain.links[0].ops[0].in_hw
     relevance = b.reshape(m, [0, h, w], "relevance")
     return normalize01(b, relevance), relevance, averages

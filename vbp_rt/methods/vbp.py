@@ -58,14 +58,15 @@ def _combine(m: torch.Tensor, average: torch.Tensor) -> torch.Tensor:
     return _rescale(m * average)
 
 
-def backproject(averages: list, chain: Chain, upscale=ones_transposed_conv, combine=_combine):
+def backproject(averages: list, chain: Chain, upscale=ones_transposed_conv, combine=_combine, start=_rescale):
     """Combine channel-averaged maps (shallow -> deep, each (N,h,w)) into the input-sized relevance.
 
     Returns (relevance (N,H,W), intermediate masks deepest first, the last one at the input size).
-    `upscale(m, op)` and `combine(m, average)` are the torch steps; the ONNX export passes graph-building
-    ones, so the in-graph head follows this same loop.
+    `start(m)`, `upscale(m, op)` and `combine(m, average)` are the torch steps; the ONNX export passes
+    graph-building ones, so the in-graph head follows this same loop. The deepest average is rescaled
+    first: its product with the next average could otherwise sink below float32's normal range.
     """
-    m = averages[-1]
+    m = start(averages[-1])
     inter = [m]
     for level in range(len(chain.links) - 1, -1, -1):
         for op in reversed(chain.links[level].ops):
