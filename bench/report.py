@@ -169,7 +169,8 @@ def plot(doc: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    rows = max(len(doc["latency"]), len(doc["peers"]))
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9 + 0.12 * max(0, rows - 20)))
     _plot_methods(axes[0][0], doc["latency"])
     _plot_peers(axes[0][1], doc["peers"])
     _plot_batches(axes[1][0], doc["latency"])
@@ -192,7 +193,7 @@ def _smallest_batch(rows):
 def _plot_methods(ax, rows):
     b = _smallest_batch(rows)
     sel = [r for r in rows if r["batch"] == b and r["method"] != "forward"]
-    labels = [f"{r['model']} {r['backend']}\n{r['method']}" for r in sel]
+    labels = [f"{r['model']} {r['backend']} {r['method']}" for r in sel]
     fwd = [r["forward_ms"] / r["batch"] for r in sel]
     extra = [max(r["extra_per_image_ms"], 0.0) for r in sel]
     y = range(len(sel))
