@@ -26,7 +26,7 @@ setup(
         "pyqtgraph>=0.13",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7"],
+        "test": ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7", "scikit-learn>=1.3"],
         "peers": ["captum>=0.7", "grad-cam>=1.5"],
         "gpu": ["onnxruntime-gpu>=1.17"],
     },
