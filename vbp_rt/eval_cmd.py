@@ -22,7 +22,7 @@ from . import evaluation as ev
 from .eval_report import Table, example_grid, line_plot, write_report
 
 DEFAULTS = {"frames": 40, "pairs": 16, "perturb_frames": 8, "steps": 30, "region": 15, "keep": 0.3,
-            "sanity_frames": 4, "drive_frames": 300, "batch_size": 8}
+            "sanity_frames": 6, "drive_frames": 1000, "batch_size": 8}
 QUICK = {"frames": 3, "pairs": 2, "perturb_frames": 1, "steps": 4, "region": 15, "keep": 0.3,
          "sanity_frames": 1, "drive_frames": 6, "batch_size": 8}
 SANITY_THRESHOLD = 0.5  # a method passes when its mask's rank correlation after full randomization is below this
@@ -246,9 +246,11 @@ def evaluate(args, s: dict, net, specs: dict, store: Path, store_label: str, out
     nobn = load_model(args.nobn_model) if args.nobn_model else None
     tables.append(bias_table(net, nobn, frames, n, s["batch_size"], out))
     lap("bias")
-    example_grid(out / "examples.png", frames.image[:2], None if frames.lane is None else frames.lane[:2],
-                 {k: v[:2] for k, v in masks.items()})
-    figures = [("examples.png", "masks of every method on two frames (first row: lane ground truth)"),
+    shown = [0, int(np.argmax(np.abs(frames.angle[:n]))) or n // 2]  # the first frame and the sharpest turn
+    example_grid(out / "examples.png", frames.image[shown], None if frames.lane is None else frames.lane[shown],
+                 {k: v[shown] for k, v in masks.items()})
+    figures = [("examples.png", "masks of every method on the first frame and the sharpest turn (first row: lane ground "
+                                "truth; masks stretched to their 99th percentile for display)"),
                ("perturbation.png", "region perturbation curves"), ("sanity.png", "cascading randomization"),
                ("bias_ratio.png", "bias/score ratio per layer")]
     header = _header(args, s, store_label, frames, n, pairs, t0) + "- seconds per stage: " + ", ".join(
@@ -388,18 +390,20 @@ def bias_table(net, nobn, frames: Frames, n: int, batch: int, out: Path) -> Tabl
     models = {"with BatchNorm": net}
     if nobn is not None:
         models["without BatchNorm"] = nobn
-    ratios = {}
+    ratios, rmse = {}, {}
     for label, m in models.items():
         m.eval()
         scale = m.config.input_scale
         x_all = frames.image[:n]
         layers = ["input"] + list(range(len(chain_for(m, (1, *x_all.shape[1:])).links)))
-        per = []
+        per, preds = [], []
         for s0 in range(0, n, batch):
             x = torch.from_numpy(x_all[s0:s0 + batch].astype(np.float32) * np.float32(scale))[:, None]
-            _, ds = decompose(m, x, layers)
+            pred, ds = decompose(m, x, layers)
+            preds.append(pred[:, 0].numpy())
             per.append(np.stack([ev.bias_score_ratio(d.bias.numpy(), d.score.numpy()) for d in ds], axis=1))
         ratios[label] = np.concatenate(per)
+        rmse[label] = float(np.sqrt(np.mean((np.concatenate(preds) - frames.angle[:n]) ** 2)))
     depth = ["input"] + [f"conv{i + 1}" for i in range(next(iter(ratios.values())).shape[1] - 1)]
     t = Table("bias_ratio", "Bias/score ratio per layer (piece-wise affine decomposition)",
               ["layer"] + [f"median b/F, {k}" for k in ratios])
@@ -407,7 +411,9 @@ def bias_table(net, nobn, frames: Frames, n: int, batch: int, out: Path) -> Tabl
         t.rows.append([name] + [float(np.nanmedian(r[:, j])) for r in ratios.values()])
     t.note = (f"{n} frames. F = W·a + b exactly at each post-ReLU conv map a (and at the input); the table gives the "
               "median over frames of b/F, F being the explained score (|angle|). Chen et al. (Fig. 3) found the bias "
-              "share larger, and falling more abruptly towards the output, with BatchNorm."
+              "share larger, and falling more abruptly towards the output, with BatchNorm. Steering RMSE on these "
+              "frames: " + ", ".join(f"{k} {v:.2f} deg" for k, v in rmse.items())
+              + f" (always predicting 0: {float(np.sqrt(np.mean(frames.angle[:n] ** 2))):.2f} deg)."
               + ("" if nobn is not None else " No model without BatchNorm was given (--nobn-model): only the "
                  "shipped model is shown."))
     line_plot(out / "bias_ratio.png", np.arange(len(depth)),

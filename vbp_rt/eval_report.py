@@ -94,8 +94,9 @@ def line_plot(path: Path, x, curves: dict, xlabel: str, ylabel: str, title: str,
     plt.close(fig)
 
 
-def example_grid(path: Path, images: np.ndarray, lane: np.ndarray | None, masks: dict) -> None:
-    """Rows: frames; columns: the frame with its lane ground truth, then each method's overlay."""
+def example_grid(path: Path, images: np.ndarray, lane: np.ndarray | None, masks: dict, stretch: float = 99.0) -> None:
+    """Columns: frames; rows: the lane ground truth, then each method's overlay. For display only, each mask is
+    divided by its `stretch` percentile and clipped (a few peak pixels would otherwise hide the rest)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -110,7 +111,8 @@ def example_grid(path: Path, images: np.ndarray, lane: np.ndarray | None, masks:
                 pic = overlay(images[j], lane[j].astype(np.float32), 0.6, "red") if lane is not None else \
                     np.repeat(images[j][..., None], 3, axis=2)
             else:
-                pic = overlay(images[j], m[j])
+                top = np.percentile(m[j], stretch)
+                pic = overlay(images[j], np.clip(m[j] / top, 0, 1) if top > 0 else m[j])
             ax = axes[i, j]
             ax.imshow(pic[..., ::-1])
             ax.set_xticks([])
