@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7", "scikit-learn>=1.3"],
-        "peers": ["captum>=0.7", "grad-cam>=1.5"],
+        "peers": ["captum>=0.7"],  # zennit, grad-cam: pip install --no-deps zennit grad-cam ttach (bench/README.md)
         "gpu": ["onnxruntime-gpu>=1.17"],
     },
     entry_points={"console_scripts": ["vbp=vbp_rt.cli:main"]},
