@@ -6,8 +6,10 @@ Coordinates: world x/y in metres, heading theta counter-clockwise from x; along 
 it `n` (positive to the left). The reference line is the centre of the ego lane.
 
 The car is a kinematic bicycle (Lincoln MKZ-like: 2.85 m wheelbase, steering ratio 14.8) steered by
-pure pursuit towards a target line that weaves inside the lane, with actuator lag and a little jitter:
-the steering wheel angle depends on the curvature ahead *and* on the car's offset and heading.
+pure pursuit towards the centre of its lane, with actuator lag and a little jitter, while a smooth random
+yaw disturbance (crosswind, road camber, the driver's own wandering) keeps pushing it off the centre: the
+steering wheel angle depends on the curvature ahead *and* on the car's offset and heading, all of which
+the camera sees (the controller has no target the camera cannot show).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class Section:
     shoulder: float = 0.6
     verge: str = "grass"
     speed: float = 18.0  # target speed, m/s
-    weave: float = 0.3  # amplitude of the in-lane weave, m
+    wander: float = 1.0  # strength of the yaw disturbance in this section (relative)
     shadows: float = 1.0  # shadow density
     sun: float = 1.0  # 0 overcast .. 1 sunny (shadow contrast)
 
@@ -138,7 +140,7 @@ def _section(rng, start, shadows) -> Section:
         asphalt=tuple(float(c) for c in np.clip(gray + tint, 40, 170)), shoulder=float(rng.uniform(0.2, 1.5)),
         verge=str(rng.choice(["grass", "dry", "gravel", "sidewalk"], p=[0.4, 0.25, 0.2, 0.15])),
         speed=float(rng.uniform(11, 25) if kind != "urban" else rng.uniform(9, 16)),
-        weave=float(rng.uniform(0.15, 0.6)), shadows=shadows * float(rng.choice([0.0, 0.5, 1.0, 2.0])),
+        wander=float(rng.uniform(0.4, 1.4)), shadows=shadows * float(rng.choice([0.0, 0.5, 1.0, 2.0])),
         sun=float(rng.uniform(0.3, 1.0)),
     )
     sec.lines = _lines(rng, sec)
@@ -171,8 +173,6 @@ class Road:
             else:
                 self.transverse.append(Transverse(s, "crosswalk", float(rng.uniform(2.5, 4.0)),
                                                   float(rng.uniform(0.4, 0.6)), float(rng.uniform(0.4, 0.8))))
-        # the in-lane weave: a few slow sinusoids in s
-        self._weave = [(rng.uniform(40, 250), rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 1.0)) for _ in range(3)]
 
     def set_curvature(self, kappa: np.ndarray) -> None:
         """Set the curvature samples (1/m, positive left) and integrate heading and position."""
@@ -194,12 +194,9 @@ class Road:
         x, y, th, _ = self.sample(s)
         return x - np.sin(th) * n, y + np.cos(th) * n
 
-    def weave(self, s):
-        """Target offset inside the lane (m, positive left) at s."""
-        s = np.asarray(s, float)
-        total = sum(a * np.sin(2 * np.pi * s / wl + ph) for wl, ph, a in self._weave) / 2.0
-        amp = np.interp(s, self._starts, [sec.weave for sec in self.sections])
-        return total * amp
+    def wander(self, s: float) -> float:
+        """Strength of the yaw disturbance at s (interpolated between section starts)."""
+        return float(np.interp(s, self._starts, [sec.wander for sec in self.sections]))
 
 
 @dataclass
@@ -212,15 +209,21 @@ class CarState:
 
 
 class Driver:
-    """Pure pursuit towards the weaving target line, speed limited by the curvature ahead."""
+    """Pure pursuit towards the lane centre under a random yaw disturbance, speed limited by the curvature
+    ahead. The label (the actual road wheel angle) follows the pursuit command through the actuator lag."""
+
+    LAG = 0.12  # s, actuator time constant
+    WANDER = 0.05  # rad/s, standard deviation of the yaw disturbance at wander strength 1
+    WANDER_TIME = 2.0  # s, correlation time of the yaw disturbance
 
     def __init__(self, road: Road, seed: int, fps: float = 20.0):
         self.road = road
         self.dt = 1.0 / fps
         self.rng = np.random.default_rng([seed, 1])
         sec = road.section(5.0)
-        self.state = CarState(s=5.0, d=float(road.weave(5.0)), psi=0.0, v=min(sec.speed, 15.0))
+        self.state = CarState(s=5.0, d=0.0, psi=0.0, v=min(sec.speed, 15.0))
         self.jitter = 0.0
+        self.gust = 0.0  # yaw disturbance, rad/s
 
     def _target_speed(self, s: float) -> float:
         ahead = np.arange(s, s + 80.0, 2.0)
@@ -234,7 +237,7 @@ class Driver:
         rx, ry = x - np.sin(th) * st.d, y + np.cos(th) * st.d
         heading = th + st.psi
         ahead = st.s + np.arange(0.0, 3 * lookahead, 0.5)
-        tx, ty = road.to_world(ahead, road.weave(ahead))
+        tx, ty = road.to_world(ahead, np.zeros_like(ahead))
         dist = np.hypot(tx - rx, ty - ry)
         i = min(int(np.argmax(dist >= lookahead)), len(ahead) - 1)
         dx, dy = tx[i] - rx, ty[i] - ry
@@ -245,17 +248,20 @@ class Driver:
         """Advance one frame; returns the new state."""
         st = self.state
         command = self._pursuit(st)
-        self.jitter = 0.9 * self.jitter + self.rng.normal(0.0, 0.0006)
+        self.jitter = 0.9 * self.jitter + self.rng.normal(0.0, 0.0003)
+        keep = np.exp(-self.dt / self.WANDER_TIME)
+        self.gust = keep * self.gust + self.rng.normal(0.0, self.WANDER * np.sqrt(1 - keep ** 2))
+        gust = self.gust * self.road.wander(st.s)
         target_v = self._target_speed(st.s)
         sub = 4
         h = self.dt / sub
         for _ in range(sub):
-            st.delta += (command + self.jitter - st.delta) * min(1.0, h / 0.12)
+            st.delta += (command + self.jitter - st.delta) * min(1.0, h / self.LAG)
             st.v += float(np.clip(target_v - st.v, -1.5 * h, 1.0 * h))
             kappa = float(np.interp(st.s, self.road.s, self.road.kappa))
             ds = st.v * np.cos(st.psi) / (1.0 - kappa * st.d)
             st.d += st.v * np.sin(st.psi) * h
-            st.psi += (st.v * np.tan(st.delta) / WHEELBASE - kappa * ds) * h
+            st.psi += (st.v * np.tan(st.delta) / WHEELBASE - kappa * ds + gust) * h
             st.s += ds * h
         return st
 

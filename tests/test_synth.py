@@ -33,8 +33,22 @@ def test_driver_stays_in_lane_and_steers_with_the_road():
     slope = (angle * reference).sum() / (reference ** 2).sum()
     assert 0.8 < slope < 1.2
     assert angle[kappa > 1 / 300].mean() > 5 and angle[kappa < -1 / 300].mean() < -5
-    # the weave makes the label depend on more than the curvature
+    # offset and heading corrections make the label depend on more than the curvature
     assert np.std(angle - reference) > 0.5
+
+
+def test_label_is_what_the_camera_can_see():
+    """The label is the pursuit command of the visible state (offset, heading, lane ahead) up to the
+    steering lag and jitter: no hidden target the network could not see."""
+    road = Road(6000, seed=2)
+    driver = Driver(road, seed=2)
+    label, visible = [], []
+    for _ in range(1500):
+        st = driver.step()
+        label.append(driver.wheel_angle_deg)
+        visible.append(np.degrees(driver._pursuit(st)) * STEERING_RATIO)
+    label, visible = np.array(label), np.array(visible)
+    assert np.sqrt(np.mean((label - visible) ** 2)) < 0.2 * label.std()
 
 
 def _straight_road(length=2000.0):
