@@ -97,6 +97,20 @@ def test_overlay_is_red_where_the_mask_is_high():
     assert r > 200 and b < 40 and g < 40
 
 
+@pytest.mark.parametrize("colormap", ["red", "jet"])
+def test_overlay_matches_the_float_blend(colormap):
+    """The uint8 blend equals image*(1-w) + colour*w with w = opacity*mask, to rounding."""
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    mask = rng.random((30, 40)).astype(np.float32)
+    mask[0, :5] = [0.0, 1.0, 1.3, -0.2, 0.5]  # out-of-range values are clipped
+    w = (np.clip(mask, 0, 1) * 0.6)[..., None]
+    mask8 = np.round(np.clip(mask, 0, 1) * 255).astype(np.uint8)
+    color = np.array([0, 0, 255.0]) if colormap == "red" else cv2.applyColorMap(mask8, cv2.COLORMAP_JET)
+    expected = bgr * (1 - w) + color * w
+    assert np.abs(overlay(bgr, mask, opacity=0.6, colormap=colormap) - expected).max() <= 1.5
+
+
 def test_help_explains():
     out = subprocess.run([sys.executable, "-m", "vbp_rt.cli", "explain", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--overlay-dir" in out.stdout and "--method" in out.stdout

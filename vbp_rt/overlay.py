@@ -19,12 +19,15 @@ def overlay(image: np.ndarray, mask: np.ndarray, opacity: float = 0.7, colormap:
     """
     if colormap not in COLORMAPS:
         raise ValueError(f"unknown colour map {colormap!r}; known: {', '.join(COLORMAPS)}")
-    base = to_bgr(image).astype(np.float32)
+    base = to_bgr(image)
     if mask.shape != base.shape[:2]:
         mask = cv2.resize(mask.astype(np.float32), (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR)
-    w = (np.clip(mask, 0.0, 1.0) * opacity).astype(np.float32)[..., None]
+    # weights as uint8 (0..255) and the blend in saturating uint8 arithmetic: the viewer does this per frame
+    mask8 = cv2.convertScaleAbs(np.maximum(mask, 0, dtype=np.float32), alpha=255.0)
+    w = cv2.convertScaleAbs(mask8, alpha=float(opacity))
+    keep = cv2.merge([cv2.subtract(255, w)] * 3)
+    kept = cv2.multiply(base, keep, scale=1.0 / 255.0)
     if COLORMAPS[colormap] is None:
-        color = np.array([0.0, 0.0, 255.0], np.float32)
-    else:
-        color = cv2.applyColorMap((np.clip(mask, 0, 1) * 255).astype(np.uint8), COLORMAPS[colormap]).astype(np.float32)
-    return (base * (1.0 - w) + color * w).astype(np.uint8)
+        return cv2.add(kept, cv2.merge([np.zeros_like(w), np.zeros_like(w), w]))
+    color = cv2.applyColorMap(mask8, COLORMAPS[colormap])
+    return cv2.add(kept, cv2.multiply(color, cv2.merge([w] * 3), scale=1.0 / 255.0))
