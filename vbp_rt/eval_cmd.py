@@ -4,8 +4,9 @@ On a held-out drive with ground-truth lane and distractor masks (default: a synt
 with seed 3) and a steering model (default: the shipped NetSVF), every registered method is measured
 with the metrics of `vbp_rt.evaluation`: lane pointing, region perturbation (AOPC), keep-top
 fraction, sanity checks (cascading randomization, similarity to an edge map), temporal stability,
-and the bias/score ratio per layer of the piece-wise affine decomposition. Writes report.md, one CSV
-per table and PNG plots into --out.
+and the bias/score ratio per layer of the piece-wise affine decomposition; on the Table 2 sign
+classifier, keep-top-30% top-5 agreement (vbp_rt.eval_signs). Writes report.md, one CSV per table
+and PNG plots into --out.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from . import evaluation as ev
 from .eval_report import Table, example_grid, line_plot, write_report
 
 DEFAULTS = {"frames": 40, "pairs": 16, "perturb_frames": 8, "steps": 30, "region": 15, "keep": 0.3,
-            "sanity_frames": 6, "drive_frames": 1000, "batch_size": 8}
+            "sanity_frames": 6, "drive_frames": 1000, "batch_size": 8, "sign_images": 430}
 QUICK = {"frames": 3, "pairs": 2, "perturb_frames": 1, "steps": 4, "region": 15, "keep": 0.3,
-         "sanity_frames": 1, "drive_frames": 6, "batch_size": 8}
+         "sanity_frames": 1, "drive_frames": 6, "batch_size": 8, "sign_images": 4}
 SANITY_EXCESS = 0.1  # a check passes when the randomized network's mask matches the trained one by less than this
 # much more than the fully random network's mask of a noise image does (the architecture's own pattern)
 
@@ -35,7 +36,8 @@ def add_parser(sub) -> None:
         description="Evaluate attribution methods against ground truth and against the model itself: lane "
                     "pointing and ROC-AUC, region perturbation (AOPC vs random order), keep-top-30%, "
                     "cascading weight randomization and edge-map similarity, temporal stability, and the "
-                    "bias/score ratio per layer (with and without BatchNorm).",
+                    "bias/score ratio per layer (with and without BatchNorm), and on the sign classifier keep-top-30% "
+                    "top-5 agreement (Chen et al.).",
         epilog="examples: vbp eval --out eval-report;  vbp eval --quick --out /tmp/eval;  "
                "vbp eval --model runs/svf/best.pt --store drive.h5 --split test --nobn-model nobn.pt",
     )
@@ -65,6 +67,11 @@ def add_parser(sub) -> None:
     p.add_argument("--nobn-model", help="the same network trained without BatchNorm, for the bias/score "
                                         "comparison (see docs/evaluation.md for how it was made)")
     p.add_argument("--batch-size", type=int, help="frames per explain call (default 8)")
+    p.add_argument("--sign-model", default="sign", help="43-class sign classifier for the keep-top-30%% top-5 "
+                                                        "agreement table (vbp_rt.eval_signs; default the shipped "
+                                                        "sign, 'none' skips the table)")
+    p.add_argument("--sign-images", type=int, help=f"synthetic signs for that table (default "
+                                                   f"{DEFAULTS['sign_images']})")
     p.add_argument("--out", default="eval-report", help="output folder (default eval-report)")
     p.add_argument("--quick", action="store_true", help="a few frames and steps: a smoke test for CI (seconds "
                                                         "to a minute), not a measurement")
@@ -169,7 +176,8 @@ def _number(text: str):
 def _settings(args) -> dict:
     base = QUICK if args.quick else DEFAULTS
     s = {k: getattr(args, k) if getattr(args, k, None) is not None else v for k, v in base.items()}
-    for k in ("frames", "pairs", "perturb_frames", "steps", "region", "sanity_frames", "drive_frames", "batch_size"):
+    for k in ("frames", "pairs", "perturb_frames", "steps", "region", "sanity_frames", "drive_frames", "batch_size",
+              "sign_images"):
         if s[k] < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {s[k]}")
     if not 0 < s["keep"] <= 1:
@@ -212,6 +220,8 @@ def evaluate(args, s: dict, net, specs: dict, store: Path, store_label: str, out
     names = list(specs)
     torch.manual_seed(0)
     model = Model(net, s["batch_size"], specs)
+    sign_name = getattr(args, "sign_model", "none") or "none"
+    sign = None if sign_name.lower() == "none" else load_model(sign_name)  # fails before the long stages
     frames = load_frames(store, cfg.view, max(s["frames"], s["pairs"], s["perturb_frames"], s["sanity_frames"]),
                          args.split)
     n = min(s["frames"], len(frames.index))
@@ -247,6 +257,13 @@ def evaluate(args, s: dict, net, specs: dict, store: Path, store_label: str, out
     nobn = load_model(args.nobn_model) if args.nobn_model else None
     tables.append(bias_table(net, nobn, frames, n, s["batch_size"], out))
     lap("bias")
+    if sign is not None:
+        from .eval_signs import sign_table
+        bar = _bar(len(names), "vbp eval: sign classifier")
+        tables.append(sign_table(sign, specs, s["sign_images"], keep=s["keep"], batch_size=s["batch_size"],
+                                 model_label=sign_name, bar=bar))
+        bar.close()
+        lap("signs")
     shown = [0, int(np.argmax(np.abs(frames.angle[:n]))) or n // 2]  # the first frame and the sharpest turn
     example_grid(out / "examples.png", frames.image[shown], None if frames.lane is None else frames.lane[shown],
                  {k: v[shown] for k, v in masks.items()})
@@ -448,5 +465,6 @@ def _header(args, s, store_label, frames: Frames, n, pairs, t0) -> str:
             f"- started {time.strftime('%Y-%m-%d %H:%M', time.localtime(t0))}\n")
 
 
-FOOTER = ("Masks are compared as displayed (each method's `mask`, in [0,1]). The sign-classifier top-5 "
-          "agreement of Chen et al. is not part of this report.\n")
+FOOTER = ("Masks are compared as displayed (each method's `mask`, in [0,1]). The sign-classifier table (Chen et "
+          "al.'s top-5 agreement) uses its own synthetic signs and model (`--sign-model`, `--sign-images`; "
+          "vbp_rt/eval_signs.py).\n")
