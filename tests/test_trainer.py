@@ -11,7 +11,7 @@ import torch
 from data.store import StoreReader
 from trainer.runlog import RunLogReader
 from trainer.ship import evaluate, export
-from trainer.train import TrainConfig, epoch_batches, train
+from trainer.train import TrainConfig, epoch_batches, mirror, train
 from vbp_rt import explain
 from vbp_rt.cli import main
 from vbp_rt.models import load_model, read_checkpoint, save_checkpoint, build
@@ -107,6 +107,24 @@ def test_resume_continues_the_same_run(store, tmp_path):
         np.testing.assert_allclose(log.snapshots()["epoch"], [1, 2])
 
 
+def test_mirror_flips_frames_and_negates_their_angles():
+    images = torch.arange(2 * 3 * 4, dtype=torch.uint8).reshape(2, 3, 4).repeat(50, 1, 1)
+    angles = torch.linspace(-30, 30, 100)
+    same = mirror(images, angles, 0.0, 0, 0, 0)
+    assert same[0] is images and same[1] is angles
+    im, an = mirror(images, angles, 1.0, 0, 0, 0)
+    torch.testing.assert_close(im, images.flip(-1))
+    torch.testing.assert_close(an, -angles)
+    im, an = mirror(images, angles, 0.5, 3, 1, 7)
+    flipped = an != angles
+    assert 25 < int(flipped.sum()) < 75  # about half, drawn per frame
+    torch.testing.assert_close(an[flipped], -angles[flipped])
+    assert torch.equal(im[flipped], images[flipped].flip(-1)) and torch.equal(im[~flipped], images[~flipped])
+    again = mirror(images, angles, 0.5, 3, 1, 7)  # the same (seed, epoch, batch): the same frames
+    assert torch.equal(again[0], im) and torch.equal(again[1], an)
+    assert not torch.equal(mirror(images, angles, 0.5, 3, 2, 7)[1], an)
+
+
 def run_cli(args, capsys) -> tuple:
     code = main(["train", *args])
     return code, capsys.readouterr().err
@@ -168,8 +186,9 @@ def test_resume_refuses_new_settings(tmp_path, capsys):
 def test_resume_with_more_epochs_and_a_lower_lr(run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(run[0], out)
-    assert main(["train", "--resume", str(out), "--epochs", "3", "--lr", "1e-4"]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--lr", "1e-4", "--flip", "0.5"]) == 0
     last = read_checkpoint(out / "last.pt")
+    assert last["train_config"]["flip"] == 0.5
     assert last["position"]["epoch"] == 3 and last["optimizer"]["param_groups"][0]["lr"] == 1e-4
     assert json.loads((out / "config.json").read_text())["epochs"] == 3
     with RunLogReader(out / "runlog.h5") as log:

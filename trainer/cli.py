@@ -5,7 +5,7 @@ import json
 import os
 
 DEFAULTS = dict(epochs=32, batch_size=32, lr=5e-3, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
-                height=135, checkpoint_minutes=10.0)
+                height=135, checkpoint_minutes=10.0, flip=0.0)
 
 
 def add_parser(sub) -> None:
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
                                                                 "nethvf (351x135 view 'hvf')")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt "
-                                                       "(--epochs, --lr, --device, --workers may be changed)")
+                                                       "(--epochs, --lr, --flip, --device, --workers may be changed)")
     p.add_argument("--epochs", type=int, help=f"epochs to train (default {DEFAULTS['epochs']}, as in the paper)")
     p.add_argument("--batch-size", type=int, help=f"global batch size, split among processes "
                                                   f"(default {DEFAULTS['batch_size']})")
@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--net", metavar="JSON", help="network config overrides, e.g. '{\"channels\": [8, 8, 16, 16], "
                                                  "\"fc\": [64]}' for a small experiment")
     p.add_argument("--checkpoint-minutes", type=float, help="also write last.pt mid-epoch this often (default 10)")
+    p.add_argument("--flip", type=float, help="probability of mirroring a training frame left-right with its angle "
+                                              "negated (default 0; 0.5 balances left and right curves)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     p.set_defaults(func=run)
 
@@ -66,7 +68,7 @@ def run(args) -> int:
             raise ValueError(f"--resume continues a run with its own settings; do not give "
                              f"{', '.join('--' + o.replace('_', '-') if o != 'store' else 'STORE' for o in fixed)}")
         result = train(resume_dir=args.resume, epochs=args.epochs, lr=args.lr, device=args.device,
-                       workers=args.workers)
+                       workers=args.workers, flip=args.flip)
     else:
         if not (args.store and args.arch and args.out):
             raise ValueError("vbp train needs STORE, --arch and --out (or --resume RUN_DIR)")

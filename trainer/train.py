@@ -55,6 +55,7 @@ class TrainConfig:
     height: int = 135
     net: dict = field(default_factory=dict)  # NetConfig overrides (channels, fc, ...)
     checkpoint_minutes: float = 10.0  # also write last.pt mid-epoch this often
+    flip: float = 0.0  # probability of mirroring a training frame left-right (its angle negated)
 
     def __post_init__(self):
         self.snapshots = tuple(float(s) for s in self.snapshots)
@@ -63,6 +64,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "probes"):
             if getattr(self, name) < (0 if name == "probes" else 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.flip <= 1:
+            raise ValueError(f"--flip is a probability in [0, 1], got {self.flip}")
         if self.lr <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
 
@@ -94,6 +97,16 @@ def loader(dataset: FrameDataset, batches: list, workers: int) -> DataLoader:
     """Background loading: `workers` processes read the batches ahead of the training step."""
     return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=workers,
                       prefetch_factor=4 if workers else None, pin_memory=torch.cuda.is_available())
+
+
+def mirror(images: torch.Tensor, angles: torch.Tensor, p: float, seed: int, epoch: int, batch: int):
+    """Mirror each frame left-right with probability p and negate its angle (a road curving right seen in
+    a mirror curves left). Drawn from (seed, epoch, batch position): a resumed run flips the same frames."""
+    if p <= 0:
+        return images, angles
+    flip = torch.from_numpy(np.random.default_rng([seed, epoch, batch, 17]).random(len(angles)) < p)
+    images = torch.where(flip[:, None, None], images.flip(-1), images)
+    return images, torch.where(flip, -angles, angles)
 
 
 def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int) -> list:
@@ -298,6 +311,7 @@ class Trainer:
                 wait += time.monotonic() - t_ask  # the model waiting for data
                 if images is None:
                     break
+                images, angles = mirror(images, angles, cfg.flip, cfg.seed, epoch, self.pos["batch"])
                 x = to_input(images, self.model, ctx.device)
                 y = (angles.to(ctx.device).unsqueeze(1) - self.target["mean"]) / self.target["std"]
                 loss = torch.nn.functional.mse_loss(self.net(x), y)
@@ -381,14 +395,17 @@ def load_resume(run_dir) -> tuple:
 
 
 def train(cfg: TrainConfig | None = None, resume_dir=None, epochs: int | None = None, lr: float | None = None,
-          device: str | None = None, workers: int | None = None) -> dict:
-    """Train a new run (`cfg`) or continue one (`resume_dir`, optionally with more `epochs` or another `lr`)."""
+          device: str | None = None, workers: int | None = None, flip: float | None = None) -> dict:
+    """Train a new run (`cfg`) or continue one (`resume_dir`, optionally with more `epochs`, another `lr` or
+    `flip`)."""
     ckpt = None
     if resume_dir is not None:
         cfg, ckpt = load_resume(resume_dir)
-        for name, value in (("epochs", epochs), ("lr", lr), ("device", device), ("workers", workers)):
+        for name, value in (("epochs", epochs), ("lr", lr), ("device", device), ("workers", workers),
+                            ("flip", flip)):
             if value is not None:
                 setattr(cfg, name, value)
+        cfg.__post_init__()  # the changed settings are checked like new ones
     ctx = distributed.setup(cfg.device)
     try:
         if ctx.main:
