@@ -55,7 +55,7 @@ def _straight_road(length=2000.0):
     road = Road(length, seed=1, crossings_per_km=0, shadows=0)
     road.set_curvature(np.zeros_like(road.s))
     for sec in road.sections:
-        sec.weave, sec.wear, sec.paint = 0.0, 0.0, 1.0
+        sec.wear, sec.paint = 0.0, 1.0
     return road
 
 
@@ -88,7 +88,7 @@ def test_lane_mask_lies_on_projected_markings():
     drive = Drive(SynthOptions(frames=1, seed=2, cars=0, shadows=0, crossings_per_km=0, lighting=0, noise=0))
     drive.road.set_curvature(np.zeros_like(drive.road.s))
     for sec in drive.road.sections:
-        sec.weave, sec.wear, sec.paint = 0.0, 0.0, 1.0
+        sec.wear, sec.paint = 0.0, 1.0
     drive.bounce[:] = 0
     drive.driver.state = CarState(s=60.0, d=0.0, psi=0.0, v=12.0)
     frame = drive.render(0)
