@@ -23,26 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from data.signs import generate
-from vbp_rt.models import build, model_from_checkpoint, read_checkpoint, save_checkpoint
+from vbp_rt.models import build, model_from_checkpoint, outputs, read_checkpoint, save_checkpoint, to_input
 
 TRAIN_SEED, VAL_SEED = 0, 1  # vbp eval's sign section uses seed 2 (vbp_rt.eval_signs.SEED); tests use 4
-
-
-def to_input(images: np.ndarray, scale: float) -> torch.Tensor:
-    return torch.from_numpy(images.astype(np.float32) * np.float32(scale))[:, None]
-
-
-@torch.no_grad()
-def logits(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    model.eval()
-    scale = model.config.input_scale
-    return np.concatenate([model(to_input(images[s:s + batch], scale)).numpy() for s in range(0, len(images), batch)])
 
 
 def accuracy(model, seed: int, count: int) -> float:
     """Top-1 accuracy of `model` on images 0..count-1 of `seed`."""
     images, labels = generate(seed, count)
-    return float((logits(model, images).argmax(1) == labels).mean())
+    return float((outputs(model, images, 64).argmax(1) == labels).mean())
 
 
 def train(out, samples: int = 32000, batch_size: int = 16, lr: float = 0.015, momentum: float = 0.9,
@@ -55,7 +44,6 @@ def train(out, samples: int = 32000, batch_size: int = 16, lr: float = 0.015, mo
     steps = math.ceil(samples / batch_size)
     val_images_, val_labels = generate(val_seed, val_images)
     history, t_cpu, t0 = [], time.process_time(), time.time()
-    scale = model.config.input_scale
     check = {int(round(steps * (k + 1) / evals)) for k in range(evals)}
     run_loss = []
     for step in range(steps):
@@ -64,13 +52,13 @@ def train(out, samples: int = 32000, batch_size: int = 16, lr: float = 0.015, mo
             g["lr"] = rate
         images, labels = generate(seed, batch_size, start=step * batch_size)
         model.train()
-        loss = F.cross_entropy(model(to_input(images, scale)), torch.from_numpy(labels))
+        loss = F.cross_entropy(model(to_input(images, model.config)), torch.from_numpy(labels))
         opt.zero_grad()
         loss.backward()
         opt.step()
         run_loss.append(loss.item())
         if step + 1 in check:
-            acc = float((logits(model, val_images_).argmax(1) == val_labels).mean())
+            acc = float((outputs(model, val_images_, 64).argmax(1) == val_labels).mean())
             history.append({"step": step + 1, "samples": (step + 1) * batch_size,
                             "train_loss": float(np.mean(run_loss)), "val_accuracy": acc,
                             "cpu_s": time.process_time() - t_cpu})
@@ -82,7 +70,7 @@ def train(out, samples: int = 32000, batch_size: int = 16, lr: float = 0.015, mo
     save_checkpoint(out, model.eval(), half=True, train_config=settings, history=history,
                     cpu_seconds=time.process_time() - t_cpu)
     shipped = model_from_checkpoint(read_checkpoint(out))
-    acc = float((logits(shipped, val_images_).argmax(1) == val_labels).mean())
+    acc = float((outputs(shipped, val_images_, 64).argmax(1) == val_labels).mean())
     ckpt = read_checkpoint(out)  # rewrite with the accuracy of the half-precision weights
     save_checkpoint(out, shipped, half=True, **{k: v for k, v in ckpt.items() if k not in
                                                 ("format", "version", "config", "state_dict")}, val_accuracy=acc)

@@ -118,28 +118,22 @@ class Model:
 
     def __init__(self, net, batch_size: int, specs: dict):
         self.net = net.eval()
-        self.scale = net.config.input_scale
         self.batch = batch_size
         self.specs = specs  # label -> (registered method, options)
 
-    def input(self, images: np.ndarray):
-        import torch
-        return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) * np.float32(self.scale))[:, None]
-
     def masks(self, images: np.ndarray, label: str, net=None) -> np.ndarray:
         from .explain import explain
+        from .models import to_input
         net = self.net if net is None else net
         method, options = self.specs[label]
-        out = [explain(net, self.input(images[s:s + self.batch]), method, **options).mask.numpy()
+        out = [explain(net, to_input(images[s:s + self.batch], net.config), method, **options).mask.numpy()
                for s in range(0, len(images), self.batch)]
         return np.concatenate(out)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Steering angles for float or uint8 images in pixel units (N,H,W)."""
-        import torch
-        with torch.no_grad():
-            return np.concatenate([self.net(self.input(images[s:s + 2 * self.batch]))[:, 0].numpy()
-                                   for s in range(0, len(images), 2 * self.batch)])
+        from .models import outputs
+        return outputs(self.net, images, 2 * self.batch)[:, 0]
 
 
 def parse_methods(text: str) -> dict:
@@ -408,23 +402,20 @@ def sanity_table(model: Model, frames: Frames, masks: dict, edges: np.ndarray, s
 
 
 def bias_table(net, nobn, frames: Frames, n: int, batch: int, out: Path) -> Table:
-    import torch
-
     from .methods.affine import decompose
     from .methods.vbp import chain_for
+    from .models import to_input
     models = {"with BatchNorm": net}
     if nobn is not None:
         models["without BatchNorm"] = nobn
     ratios, rmse = {}, {}
     for label, m in models.items():
         m.eval()
-        scale = m.config.input_scale
         x_all = frames.image[:n]
         layers = ["input"] + list(range(len(chain_for(m, (1, *x_all.shape[1:])).links)))
         per, preds = [], []
         for s0 in range(0, n, batch):
-            x = torch.from_numpy(x_all[s0:s0 + batch].astype(np.float32) * np.float32(scale))[:, None]
-            pred, ds = decompose(m, x, layers)
+            pred, ds = decompose(m, to_input(x_all[s0:s0 + batch], m.config), layers)
             preds.append(pred[:, 0].numpy())
             per.append(np.stack([ev.bias_score_ratio(d.bias.numpy(), d.score.numpy()) for d in ds], axis=1))
         ratios[label] = np.concatenate(per)

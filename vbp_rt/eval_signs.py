@@ -55,12 +55,11 @@ def mean_se_ci(values: np.ndarray, rng) -> tuple:
 def sign_table(net, specs: dict, count: int, seed: int = SEED, keep: float = 0.3, batch_size: int = 8,
                model_label: str = "sign", bar=None) -> Table:
     """The keep-top table for classifier `net` on `count` generated signs; `specs`: label -> (method, options)."""
-    import torch
-
     from data.signs import generate
+
     from .explain import explain
+    from .models import outputs, to_input
     net.eval()
-    scale = np.float32(net.config.input_scale)
     if net.config.outputs < TOP:
         raise ValueError(f"the sign section needs a classifier with at least {TOP} outputs; "
                          f"{model_label} has {net.config.outputs}")
@@ -69,19 +68,12 @@ def sign_table(net, specs: dict, count: int, seed: int = SEED, keep: float = 0.3
                          f"{net.config.in_channels}x{net.config.height}x{net.config.width}")
     images, labels, signs = generate(seed, count, masks=True)
 
-    def inp(a):
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) * scale)[:, None]
-
-    def logits(a):
-        with torch.no_grad():
-            return np.concatenate([net(inp(a[s:s + 2 * batch_size])).numpy() for s in range(0, len(a), 2 * batch_size)])
-
-    full = logits(images)
+    full = outputs(net, images, 2 * batch_size)
     pred = full.argmax(1)
     orders, failed = {}, {}
     for name, (method, options) in specs.items():
         try:  # options chosen for the steering model (e.g. gradcam:layer=9) may not fit the sign net
-            orders[name] = np.concatenate([explain(net, inp(images[s:s + batch_size]), method, **options).mask.numpy()
+            orders[name] = np.concatenate([explain(net, to_input(images[s:s + batch_size], net.config), method, **options).mask.numpy()
                                            for s in range(0, count, batch_size)])
         except ValueError as e:
             orders[name], failed[name] = None, str(e)
@@ -102,7 +94,7 @@ def sign_table(net, specs: dict, count: int, seed: int = SEED, keep: float = 0.3
             continue
         tie = np.random.default_rng([seed, *name.encode()])  # per method, wherever it stands in the table
         kept = np.stack([ev.keep_top(im, ranked(mm, tie), keep) for im, mm in zip(images, m)])
-        out = logits(kept)
+        out = outputs(net, kept, 2 * batch_size)
         agree = ev.topk_agreement(full, out, TOP)
         mean, se, lo, hi = mean_se_ci(agree, np.random.default_rng(0))
         flat = m.reshape(len(m), -1)

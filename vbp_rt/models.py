@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -121,6 +122,19 @@ def build(cfg: NetConfig | str, **overrides) -> ConvNet:
                 setattr(cfg, k, v)
         cfg.__post_init__()
     return ConvNet(cfg)
+
+
+def to_input(images, config: NetConfig) -> torch.Tensor:
+    """Pixel images (N,H,W), uint8 or float in pixel units -> the network's input (N,1,H,W) float32."""
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) * np.float32(config.input_scale))[:, None]
+
+
+@torch.no_grad()
+def outputs(model: nn.Module, images, batch_size: int = 16) -> np.ndarray:
+    """The network's outputs (N, outputs) for pixel images (N,H,W), `batch_size` at a time."""
+    model.eval()
+    return np.concatenate([model(to_input(images[s:s + batch_size], model.config)).numpy()
+                           for s in range(0, len(images), batch_size)])
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
