@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from data.signs import generate
-from vbp_rt.models import build, model_from_checkpoint, outputs, read_checkpoint, save_checkpoint, to_input
+from vbp_rt.models import build, checkpoint_dict, model_from_checkpoint, outputs, save_checkpoint, to_input
 
 TRAIN_SEED, VAL_SEED = 0, 1  # vbp eval's sign section uses seed 2 (vbp_rt.eval_signs.SEED); tests use 4
 
@@ -67,13 +67,10 @@ def train(out, samples: int = 32000, batch_size: int = 16, lr: float = 0.015, mo
             run_loss = []
     settings = dict(samples=samples, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     warmup=warmup, seed=seed, val_seed=val_seed, val_images=val_images)
-    save_checkpoint(out, model.eval(), half=True, train_config=settings, history=history,
-                    cpu_seconds=time.process_time() - t_cpu)
-    shipped = model_from_checkpoint(read_checkpoint(out))
+    shipped = model_from_checkpoint(checkpoint_dict(model.eval(), half=True))  # the weights as written
     acc = float((outputs(shipped, val_images_, 64).argmax(1) == val_labels).mean())
-    ckpt = read_checkpoint(out)  # rewrite with the accuracy of the half-precision weights
-    save_checkpoint(out, shipped, half=True, **{k: v for k, v in ckpt.items() if k not in
-                                                ("format", "version", "config", "state_dict")}, val_accuracy=acc)
+    save_checkpoint(out, shipped, half=True, train_config=settings, history=history,
+                    cpu_seconds=time.process_time() - t_cpu, val_accuracy=acc)
     log(f"wrote {out}: validation accuracy (seed {val_seed}, {val_images} images, fp16 weights) {acc:.3f}; "
         f"{time.process_time() - t_cpu:.0f} CPU-s")
     return {"val_accuracy": acc, "history": history, "cpu_seconds": time.process_time() - t_cpu}
