@@ -350,11 +350,3 @@ def generate(seed: int, count: int, start: int = 0, masks: bool = False):
         images[j], sign[j] = render(int(lab), np.random.default_rng([seed, 1, start + j]))
     return (images, labels, sign) if masks else (images, labels)
 
-
-def contact_sheet(path, seed: int = 0, per_class: int = 1) -> None:
-    """PNG of `per_class` rows of all 43 classes (for a look at the generator)."""
-    rows = []
-    for r in range(per_class):
-        images, labels = generate(seed, CLASSES, start=r * CLASSES)
-        rows.append(np.concatenate(list(images[np.argsort(labels)]), axis=1))
-    cv2.imwrite(str(path), np.concatenate(rows, axis=0))
