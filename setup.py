@@ -1,5 +1,30 @@
-"""vbp-rt: real-time VisualBackProp for driving CNNs (engine, data, trainer, viewer, bench)."""
+"""vbp-rt: real-time VisualBackProp for driving CNNs.
+
+One import name is installed, `vbp_rt`: the engine (vbp_rt/) and, mapped with `package_dir` without moving
+the folders, its front ends and data layer: data/ -> vbp_rt.data, trainer/ -> vbp_rt.trainer,
+viewer/ -> vbp_rt.viewer, bench/ -> vbp_rt.bench. A user's own `data.py` never collides with them.
+"""
 from setuptools import find_packages, setup
+
+MAPPED = {"data": "data", "trainer": "trainer", "viewer": "viewer", "bench": "bench"}  # vbp_rt.<name> <- folder
+
+
+def packages() -> list:
+    found = find_packages(include=["vbp_rt", "vbp_rt.*"])
+    for name, folder in MAPPED.items():
+        found += [f"vbp_rt.{name}"] + [f"vbp_rt.{name}.{p}" for p in find_packages(where=folder)]
+    return found
+
+
+EXTRAS = {
+    "viewer": ["PyQt5>=5.15", "pyqtgraph>=0.13"],  # vbp view, the training monitor
+    "ingest": ["rosbags>=0.9.20"],  # vbp data udacity on ROS bags
+    "report": ["matplotlib>=3.7"],  # plots of vbp bench, vbp eval
+}
+EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
+EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7", "scikit-learn>=1.3"]
+EXTRAS["peers"] = ["captum>=0.7"]  # zennit, grad-cam: pip install --no-deps zennit grad-cam ttach (bench/README.md)
+EXTRAS["gpu"] = ["onnxruntime-gpu>=1.17"]
 
 setup(
     name="vbp-rt",
@@ -8,8 +33,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["vbp_rt", "vbp_rt.*", "data", "data.*", "trainer", "trainer.*",
-                                    "viewer", "viewer.*", "bench", "bench.*"]),
+    packages=packages(),
+    package_dir={"vbp_rt": "vbp_rt", **{f"vbp_rt.{name}": folder for name, folder in MAPPED.items()}},
     package_data={"vbp_rt": ["weights/*.pt", "examples/*"]},
     install_requires=[
         "torch>=2.1",  # CPU machines: install torch==2.13.0 first (scripts/bootstrap.sh does)
@@ -20,15 +45,7 @@ setup(
         "onnx>=1.15",
         "onnxruntime>=1.17",
         "onnxscript>=0.1",
-        "rosbags>=0.9.20",
-        "matplotlib>=3.7",
-        "PyQt5>=5.15",
-        "pyqtgraph>=0.13",
     ],
-    extras_require={
-        "test": ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7", "scikit-learn>=1.3"],
-        "peers": ["captum>=0.7"],  # zennit, grad-cam: pip install --no-deps zennit grad-cam ttach (bench/README.md)
-        "gpu": ["onnxruntime-gpu>=1.17"],
-    },
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["vbp=vbp_rt.cli:main"]},
 )

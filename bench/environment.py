@@ -97,7 +97,7 @@ def describe() -> dict:
     """The machine and process as the benchmark sees them now."""
     import torch
 
-    from vbp_rt.runtime import physical_cores
+    from vbp_rt.sessions import physical_cores
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

@@ -109,7 +109,7 @@ class FunctionalFlatten(nn.Module):
 
 def deepest_map(model, input_shape) -> nn.Module:
     """The module whose output is the deepest post-ReLU conv map (Grad-CAM's usual layer)."""
-    from vbp_rt.methods.vbp import chain_for
+    from vbp_rt.graph import chain_for
     name = chain_for(model, input_shape).links[-1].name
     return dict(model.named_modules())[name]
 

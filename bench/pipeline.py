@@ -48,8 +48,8 @@ def synthetic_clip(path, frames: int, fps: float = 25.0, size=(640, 480), seed: 
 def measure_fps(runtime, video, methods, frames: int, timeout: float = 600.0) -> dict:
     """Play `video` through the viewer pipeline in fast mode; over `frames` results after a warm-up, the
     frames per second of elapsed time ("fps") and per second of the process's CPU time ("cpu_fps")."""
-    from viewer.pipeline import Pipeline
-    from viewer.sources import VideoSource
+    from vbp_rt.data.sources import VideoSource
+    from vbp_rt.viewer.pipeline import Pipeline
     source = VideoSource(video)
     arrivals, errors, done = [], [], threading.Event()
     want = frames + WARMUP_FRAMES
@@ -86,9 +86,9 @@ def stage_times(runtime, video, methods, frames: int, clock=time.perf_counter, o
                 colormap: str = "red") -> dict:
     """Median ms of each stage, run one after the other on `frames` frames with the viewer's own calls;
     `clock` is time.perf_counter (elapsed) or time.process_time (CPU)."""
-    from data.preprocess import view_box
-    from viewer.render import frame_panel, method_panels
-    from viewer.sources import VideoSource
+    from vbp_rt.data.preprocess import view_box
+    from vbp_rt.data.sources import VideoSource
+    from vbp_rt.viewer.render import frame_panel, method_panels
     source = VideoSource(video)
     times = {"decode": [], "preprocess": [], "engine": [], "overlay": []}
     try:

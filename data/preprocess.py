@@ -97,3 +97,11 @@ def prepare(frame: np.ndarray, view: View) -> np.ndarray:
     if frame is None or frame.size == 0:
         raise ValueError("empty frame")
     return crop_view(to_reference(to_gray(frame)), view)
+
+
+def model_view(frame: np.ndarray, view: View | None, height: int, width: int) -> np.ndarray:
+    """A camera frame -> a model's uint8 input image (height, width): the view's crop when the model reads a
+    known view, else the whole frame in gray resized to the model's input."""
+    if view is not None:
+        return prepare(frame, view)
+    return cv2.resize(to_gray(frame), (width, height), interpolation=cv2.INTER_AREA)

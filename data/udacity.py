@@ -161,7 +161,7 @@ def decode_raw_image(msg, label: str) -> np.ndarray:
 
 
 def _typestore():
-    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS1_NOETIC)
     store.register(get_types_from_msg(STEERING_MSG, STEERING_TYPE))

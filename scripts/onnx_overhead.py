@@ -45,7 +45,7 @@ def main() -> None:
 
     from vbp_rt import onnx_io
     from vbp_rt.models import build, load_model, shipped_models
-    from vbp_rt.runtime import cpu_session_options
+    from vbp_rt.sessions import cpu_session_options
 
     if args.model in shipped_models() or args.model not in ("netsvf", "nethvf"):
         model = load_model(args.model)

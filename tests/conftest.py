@@ -31,5 +31,5 @@ def cuda():
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every BatchNorm non-trivial running statistics and affine parameters (eval mode)."""
-    from bench.latency import randomize_batchnorm
+    from vbp_rt.bench.latency import randomize_batchnorm
     return randomize_batchnorm(model, seed)

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from vbp_rt.bench import peers, timing
+from vbp_rt.bench.latency import ModelSpec, Results
 
 import vbp_rt
-from bench import peers, timing
-from bench.latency import ModelSpec, Results
 from tests.conftest import randomize_bn
 from vbp_rt.cli import main
 from vbp_rt.models import NetConfig, build, save_checkpoint
@@ -128,7 +128,7 @@ def test_peers_measured_or_skipped_with_a_note(quick_run):
 
 
 def test_table_is_printed(quick_run):
-    from bench.report import table
+    from vbp_rt.bench.report import table
     _, doc = quick_run
     text = table(doc)
     assert "engine: tiny (checkpoint weights), ort-cpu, batch 1" in text

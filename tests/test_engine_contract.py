@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import vbp_rt
-from vbp_rt import models
 from tests.conftest import randomize_bn
+from vbp_rt import models
 
 
 @pytest.fixture(scope="module")

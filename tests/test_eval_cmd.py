@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from vbp_rt.data.preprocess import View
+from vbp_rt.data.store import StoreWriter
 
 import vbp_rt
-from data.preprocess import View
-from data.store import StoreWriter
 from vbp_rt import cli
-from vbp_rt.eval_cmd import load_frames, parse_methods
+from vbp_rt.evaluation.cli import load_frames
+from vbp_rt.methods import parse_methods
 from vbp_rt.models import NetConfig, build, save_checkpoint
 
 SMALL = View("svf", 64, 24, 255, 390)

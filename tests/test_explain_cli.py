@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import vbp_rt
+from tests.conftest import randomize_bn
 from vbp_rt import cli, models
 from vbp_rt.overlay import overlay
-from tests.conftest import randomize_bn
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_explain_folder_writes_masks_and_overlays(checkpoint, images, tmp_path):
         assert f.attrs["method"] == "vbp" and f.attrs["bad_frames"] == 0
     model = models.load_model(checkpoint)
     first = cv2.imread(str(images / "f0.png"))
-    from data.preprocess import VIEWS, prepare
+    from vbp_rt.data.preprocess import VIEWS, prepare
     x = torch.from_numpy(prepare(first, VIEWS["svf"])).float().div(255)[None, None]
     np.testing.assert_allclose(masks[0], vbp_rt.explain(model, x).mask[0].numpy(), atol=1e-6)
     assert len(list(ov.glob("*.png"))) == 3

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import vbp_rt
-from vbp_rt.models import NetConfig, build
 from tests.conftest import randomize_bn
+from vbp_rt.models import NetConfig, build
 
 
 @pytest.fixture(scope="module")

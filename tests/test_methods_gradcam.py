@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import vbp_rt
-from vbp_rt.models import NetConfig, build
 from tests.conftest import randomize_bn
+from vbp_rt.models import NetConfig, build
 
 
 def tiny_convnet(outputs=1, seed=0):

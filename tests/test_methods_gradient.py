@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import vbp_rt
+from tests.conftest import randomize_bn
 from vbp_rt.methods.gradient import relu_rule
 from vbp_rt.models import NetConfig, build
-from tests.conftest import randomize_bn
 
 
 def tiny_convnet(outputs=1, seed=0):

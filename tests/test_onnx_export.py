@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from tests.conftest import randomize_bn
-from tests.onnx_builders import (OTHER_CHAIN, OTHER_SHAPE, RESIDUAL_CHAIN, H, W, OtherNet, numpy_vbp, residual_cnn,
-                                 torch_onnx)
+from tests.onnx_builders import (
+    OTHER_CHAIN,
+    OTHER_SHAPE,
+    RESIDUAL_CHAIN,
+    H,
+    OtherNet,
+    W,
+    numpy_vbp,
+    residual_cnn,
+    torch_onnx,
+)
 from vbp_rt import explain, onnx_io
 from vbp_rt.cli import main
 from vbp_rt.graph import trace

@@ -7,9 +7,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import randomize_bn
-from tests.onnx_builders import OTHER_CHAIN, OTHER_SHAPE, RESIDUAL_CHAIN, OtherNet, residual_cnn, torch_onnx
+from tests.onnx_builders import (
+    OTHER_CHAIN,
+    OTHER_SHAPE,
+    RESIDUAL_CHAIN,
+    OtherNet,
+    residual_cnn,
+    torch_onnx,
+)
 from vbp_rt import onnx_graph, onnx_io
-from vbp_rt.graph import find_chain as torch_chain
+from vbp_rt.graph import find_torch_chain as torch_chain
 from vbp_rt.models import build
 
 
@@ -22,13 +29,13 @@ def test_exported_chain_equals_torch_trace():
     model = randomize_bn(build("netsvf", height=41, width=77, channels=(4, 4, 6, 6, 8, 8), strides=(1, 2, 1, 2, 1, 2),
                                fc=(16,)))
     shape = model.config.input_shape
-    onnx_chain = onnx_graph.find_chain(onnx_io.export_maps(model))
+    onnx_chain = onnx_graph.find_onnx_chain(onnx_io.export_maps(model))
     assert onnx_chain == torch_chain(model, shape)  # names, map shapes and every SpatialOp
     assert onnx_chain.names == [f"features.{3 * i + 2}" for i in range(6)]
 
 
 def test_foreign_graph_with_pooling_and_residual_add():
-    chain = onnx_graph.find_chain(residual_cnn())
+    chain = onnx_graph.find_onnx_chain(residual_cnn())
     assert chain.names == [name for name, _ in RESIDUAL_CHAIN]
     assert [link.shape for link in chain.links] == [(4, 29, 47), (6, 14, 23), (6, 14, 23), (8, 7, 12), (8, 3, 6)]
     assert _geometry(chain) == [[op[:5] for op in ops] for _, ops in RESIDUAL_CHAIN]
@@ -38,7 +45,7 @@ def test_foreign_graph_with_pooling_and_residual_add():
 
 
 def test_plain_torch_export_of_another_architecture():
-    chain = onnx_graph.find_chain(torch_onnx(OtherNet(), OTHER_SHAPE))
+    chain = onnx_graph.find_onnx_chain(torch_onnx(OtherNet(), OTHER_SHAPE))
     assert len(chain.links) == 3 and all(n.endswith("Relu_output_0") for n in chain.names)
     assert _geometry(chain) == [[op[:5] for op in ops] for _, ops in OTHER_CHAIN]
 
@@ -61,20 +68,20 @@ def _single_conv(auto_pad: str, stride: int, size=(10, 13)) -> onnx.ModelProto:
     ("VALID", 2, (0, 0, 0, 0)),
 ])
 def test_auto_pad(auto_pad, stride, padding):
-    op = onnx_graph.find_chain(_single_conv(auto_pad, stride)).links[0].ops[0]
+    op = onnx_graph.find_onnx_chain(_single_conv(auto_pad, stride)).links[0].ops[0]
     assert op.padding == padding and op.stride == (stride, stride)
 
 
 def test_symbolic_height_width_need_an_input_shape():
     model = _single_conv("SAME_UPPER", 1, size=("h", "w"))
     with pytest.raises(ValueError, match="input_shape"):
-        onnx_graph.find_chain(model)
-    assert onnx_graph.find_chain(model, (1, 8, 9)).links[0].shape == (2, 8, 9)
+        onnx_graph.find_onnx_chain(model)
+    assert onnx_graph.find_onnx_chain(model, (1, 8, 9)).links[0].shape == (2, 8, 9)
 
 
 def test_no_relu_after_a_conv_says_why_vbp_does_not_apply():
     with pytest.raises(ValueError, match="VisualBackProp does not apply.*no Relu follows a Conv.*Sigmoid"):
-        onnx_graph.find_chain(residual_cnn(relu=False))
+        onnx_graph.find_onnx_chain(residual_cnn(relu=False))
 
 
 def test_size_changing_op_between_maps_is_refused():
@@ -86,22 +93,22 @@ def test_size_changing_op_between_maps_is_refused():
             node.op_type, node.input[:] = "Resize", [node.input[0], "", "scales"]
             del node.attribute[:]
     with pytest.raises(ValueError, match="Resize.*changes the map size"):
-        onnx_graph.find_chain(model)
+        onnx_graph.find_onnx_chain(model)
 
 
 def test_not_an_onnx_file(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all")
     with pytest.raises(ValueError, match="not a readable ONNX model"):
-        onnx_graph.find_chain(bad)
+        onnx_graph.find_onnx_chain(bad)
     with pytest.raises(FileNotFoundError):
-        onnx_graph.find_chain(tmp_path / "missing.onnx")
+        onnx_graph.find_onnx_chain(tmp_path / "missing.onnx")
 
 
 def test_torch_and_onnx_views_of_other_net_agree_in_shape():
     net = OtherNet().eval()
     t = torch_chain(net, OTHER_SHAPE)
-    o = onnx_graph.find_chain(torch_onnx(net, OTHER_SHAPE))
+    o = onnx_graph.find_onnx_chain(torch_onnx(net, OTHER_SHAPE))
     assert [link.shape for link in t.links] == [link.shape for link in o.links]
     assert [link.ops for link in t.links] == [link.ops for link in o.links]
 
@@ -117,4 +124,4 @@ def test_parallel_branches_between_maps_are_refused():
                           [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)], [w0, w1, w3])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     with pytest.raises(ValueError, match="parallel branches"):
-        onnx_graph.find_chain(m)
+        onnx_graph.find_onnx_chain(m)

@@ -11,7 +11,8 @@ from tests.conftest import randomize_bn
 from tests.onnx_builders import RESIDUAL_CHAIN, H, W, numpy_vbp, residual_cnn
 from vbp_rt import explain, onnx_io
 from vbp_rt.models import build, save_checkpoint
-from vbp_rt.runtime import RunResult, Runtime, available_backends, cpu_session_options, ort_cuda_works, physical_cores
+from vbp_rt.runtime import RunResult, Runtime, available_backends
+from vbp_rt.sessions import cpu_session_options, ort_cuda_works, physical_cores
 
 EPS = 0.01
 
@@ -103,7 +104,7 @@ def test_input_checks_and_float_input(net, frames):
 
 
 def test_prepare_uses_the_models_view():
-    from data.preprocess import VIEWS, prepare
+    from vbp_rt.data.preprocess import VIEWS, prepare
     rt = Runtime(build("netsvf"), "ort-cpu")
     frame = np.random.default_rng(2).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     assert rt.view == VIEWS["svf"]

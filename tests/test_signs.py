@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from vbp_rt.data import signs
+from vbp_rt.data.preprocess import View
+from vbp_rt.data.store import StoreWriter
 
 import vbp_rt
-from data import signs
-from data.preprocess import View
-from data.store import StoreWriter
 from vbp_rt import cli
-from vbp_rt.eval_signs import ranked, sign_order, sign_table
-from vbp_rt.evaluation import keep_top, topk_agreement
+from vbp_rt.evaluation.metrics import keep_top, topk_agreement
+from vbp_rt.evaluation.signs import ranked, sign_order, sign_table
 from vbp_rt.models import NetConfig, build, load_model, save_checkpoint, shipped_models
 
 ACCURACY_SEED = 4  # not used for training (0), validation (1) or vbp eval (2)

@@ -12,9 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from data.preprocess import VIEWS, view_for
-from data.store import StoreReader, StoreWriter, split_slice
+from vbp_rt.data.preprocess import VIEWS, view_for
+from vbp_rt.data.store import StoreReader, StoreWriter, split_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,8 +128,8 @@ def test_custom_height_view(tmp_path):
 
 WRITER = """
 import sys, numpy as np
-from data.preprocess import VIEWS
-from data.store import StoreWriter
+from vbp_rt.data.preprocess import VIEWS
+from vbp_rt.data.store import StoreWriter
 w = StoreWriter(sys.argv[1], [VIEWS["svf"]], source="killed", chunk=4).__enter__()
 print(w.tmp, flush=True)
 i = 0
@@ -174,7 +173,7 @@ def test_killed_writer_keeps_completed_frames(tmp_path):
 
 def test_vbp_explain_reads_a_store(tmp_path):
     """`vbp explain MODEL STORE.h5` takes every frame of the model's view, in order."""
-    from vbp_rt.explain_cmd import add_parser
+    from vbp_rt.cli.explain import add_parser
     from vbp_rt.models import build, save_checkpoint
 
     imgs, _, _, _ = _write(tmp_path / "s.h5", n=3, views=("hvf",))

@@ -6,13 +6,12 @@ import argparse
 import cv2
 import numpy as np
 import pytest
-
-from data import cli as data_cli
-from data.ground import DN0, DS0, HALF, Camera
-from data.preprocess import VIEWS, prepare
-from data.road import STEERING_RATIO, WHEELBASE, CarState, Driver, Road
-from data.store import StoreReader
-from data.synth import Drive, SynthOptions, view_masks
+from vbp_rt.data import cli as data_cli
+from vbp_rt.data.ground import DN0, DS0, HALF, Camera
+from vbp_rt.data.preprocess import VIEWS, prepare
+from vbp_rt.data.road import STEERING_RATIO, WHEELBASE, CarState, Driver, Road
+from vbp_rt.data.store import StoreReader
+from vbp_rt.data.synth import Drive, SynthOptions, view_masks
 
 
 def test_driver_stays_in_lane_and_steers_with_the_road():

@@ -7,14 +7,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from vbp_rt.data.store import StoreReader
+from vbp_rt.trainer.runlog import RunLogReader
+from vbp_rt.trainer.ship import evaluate, export
+from vbp_rt.trainer.train import TrainConfig, epoch_batches, mirror, train
 
-from data.store import StoreReader
-from trainer.runlog import RunLogReader
-from trainer.ship import evaluate, export
-from trainer.train import TrainConfig, epoch_batches, mirror, train
 from vbp_rt import explain
 from vbp_rt.cli import main
-from vbp_rt.models import load_model, read_checkpoint, save_checkpoint, build
+from vbp_rt.models import build, load_model, read_checkpoint, save_checkpoint
 
 from .trainer_helpers import HEIGHT, TINY_NET, make_store, train_args
 

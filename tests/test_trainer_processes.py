@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from vbp_rt.trainer.runlog import RunLogReader
+from vbp_rt.trainer.train import TrainConfig, train
 
-from trainer.runlog import RunLogReader
-from trainer.train import TrainConfig, train
 from vbp_rt.models import build, read_checkpoint
 
 from .trainer_helpers import HEIGHT, ROOT, TINY_NET, env, make_store, train_args, vbp

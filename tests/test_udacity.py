@@ -11,11 +11,10 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-
-from data import cli as data_cli
-from data.preprocess import VIEWS, prepare
-from data.store import StoreReader
-from data.udacity import STEERING_MSG, STEERING_TYPE, open_source
+from vbp_rt.data import cli as data_cli
+from vbp_rt.data.preprocess import VIEWS, prepare
+from vbp_rt.data.store import StoreReader
+from vbp_rt.data.udacity import STEERING_MSG, STEERING_TYPE, open_source
 
 T0 = 1479425440.0  # s
 
@@ -69,7 +68,7 @@ def check_store(out, times, expect_angle_deg, expect_speed, images):
 def write_bag(path, frames, steer=True, raw_encoding=None, junk_frames=()):
     """frames: list of (t seconds, BGR image). Writes a real ROS1 bag with rosbags."""
     from rosbags.rosbag1 import Writer
-    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     ts = get_typestore(Stores.ROS1_NOETIC)
     ts.register(get_types_from_msg(STEERING_MSG, STEERING_TYPE))

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import vbp_rt
-from vbp_rt.graph import SpatialOp, find_chain
-from vbp_rt.upsample import ones_transposed_conv, output_padding
 from tests.conftest import randomize_bn
 from tests.reference.vbp_paths import normalize, path_sum_mask
+from vbp_rt.graph import SpatialOp, find_torch_chain
+from vbp_rt.upsample import ones_transposed_conv, output_padding
 
 
 def tiny_net(spec, in_ch=1, bn_before=True, bias_shift=0.3):
@@ -55,7 +55,7 @@ def test_vbp_equals_theorem1_path_sum(case):
     randomize_bn(net, seed=case)
     x = torch.rand(3, 1, *hw)
     e = vbp_rt.explain(net, x, "vbp")
-    chain = find_chain(net, (1, *hw))
+    chain = find_torch_chain(net, (1, *hw))
     for n in range(x.shape[0]):
         averages = [a[n].double().numpy() for a in e.layers["averages"]]
         assert all(a.max() > 0 for a in averages), "degenerate case: a layer is all zero"
@@ -72,7 +72,7 @@ def test_path_sum_reference_catches_a_wrong_stride():
     randomize_bn(net)
     x = torch.rand(1, 1, *hw)
     e = vbp_rt.explain(net, x, "vbp")
-    chain = find_chain(net, (1, *hw))
+    chain = find_torch_chain(net, (1, *hw))
     averages = [a[0].double().numpy() for a in e.layers["averages"]]
     op = chain.links[1].ops[0]
     chain.links[1].ops = (SpatialOp(op.kind, op.kernel, (1, 1), op.padding, op.dilation, op.in_hw, op.out_hw),)
@@ -82,11 +82,11 @@ def test_path_sum_reference_catches_a_wrong_stride():
 
 def test_netsvf_chain_matches_table1_at_height_125():
     """The paper's Table 1 sizes come out of NetSVF/NetHVF at 125 input rows."""
-    svf = find_chain(vbp_rt.build("netsvf", height=125), (1, 125, 640))
+    svf = find_torch_chain(vbp_rt.build("netsvf", height=125), (1, 125, 640))
     assert [l.shape for l in svf.links] == [
         (32, 123, 638), (32, 61, 318), (48, 59, 316), (48, 29, 157), (64, 27, 155),
         (64, 13, 77), (96, 11, 75), (96, 5, 37), (128, 3, 35), (128, 1, 17)]
-    hvf = find_chain(vbp_rt.build("nethvf", height=125), (1, 125, 351))
+    hvf = find_torch_chain(vbp_rt.build("nethvf", height=125), (1, 125, 351))
     assert [l.shape[1:] for l in hvf.links] == [
         (123, 349), (61, 174), (59, 172), (29, 85), (27, 83), (13, 41), (11, 39), (5, 19), (3, 17), (1, 8)]
     assert all(l.ops[0].kernel == (3, 3) and l.ops[0].stride == ((1, 1) if i % 2 == 0 else (2, 2))

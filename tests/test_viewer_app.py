@@ -8,11 +8,17 @@ import cv2
 import numpy as np
 import pytest
 from PyQt5.QtCore import Qt
+from vbp_rt.data.preprocess import View
+from vbp_rt.viewer.app import ViewerWindow
+from vbp_rt.viewer.render import composite
 
-from data.preprocess import View
-from tests.viewer_helpers import make_runtime, red_dominance, tiny_model, write_drive, write_video
-from viewer.app import ViewerWindow
-from viewer.render import composite
+from tests.viewer_helpers import (
+    make_runtime,
+    red_dominance,
+    tiny_model,
+    write_drive,
+    write_video,
+)
 from vbp_rt.overlay import overlay
 
 WAIT = 60_000  # ms; generous for 2 busy cores

@@ -5,11 +5,11 @@ import json
 
 import cv2
 import pytest
+from vbp_rt.data.preprocess import View
+from vbp_rt.viewer import cli as view_cli
 
-from data.preprocess import View
 from tests.viewer_helpers import tiny_checkpoint, write_drive, write_video
 from vbp_rt.cli import main
-from viewer import cli as view_cli
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_clear_errors(tmp_path, ckpt, capsys, monkeypatch):
     assert main(base + [str(tmp_path / "gone.mp4"), "--headless", "--out", str(tmp_path / "o.mp4")]) == 2
     assert "gone.mp4 does not exist" in capsys.readouterr().err
     assert main(base + [str(video), "--methods", "vbp,nope", "--headless", "--out", str(tmp_path / "o.mp4")]) == 2
-    assert "unknown method(s) nope" in capsys.readouterr().err
+    assert "unknown method 'nope'" in capsys.readouterr().err
     short = write_drive(tmp_path / "short.h5", 2, views=(View("svf", 640, 125, 265, 390),))
     assert main(base + [str(short), "--headless", "--out", str(tmp_path / "o.mp4")]) == 1
     assert "the model expects 640x135" in capsys.readouterr().err

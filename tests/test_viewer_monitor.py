@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from vbp_rt.viewer.monitor import MonitorWindow
 
 from tests.viewer_helpers import red_dominance, road_image
-from viewer.monitor import MonitorWindow
 
 WAIT = 60_000
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ WRITER = """
 import sys
 import numpy as np
 from tests.viewer_helpers import road_image
-from trainer.runlog import RunLogWriter
+from vbp_rt.trainer.runlog import RunLogWriter
 
 P = 3
 probe = {"image": np.stack([road_image(5 * i) for i in range(P)]), "angle": np.arange(P) * 2.0,

@@ -8,15 +8,24 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from vbp_rt.data import sources
+from vbp_rt.data.preprocess import View, view_box
+from vbp_rt.data.sources import open_source
+from vbp_rt.viewer.pipeline import FrameQueue, Pipeline
+from vbp_rt.viewer.render import VideoRecorder, composite, frame_panel, method_panels
 
 import vbp_rt
-from data.preprocess import View, view_box
-from tests.viewer_helpers import (SVF, camera_frame, make_runtime, red_dominance, road_image, tiny_model,
-                                  write_drive, write_folder, write_video)
-from viewer import sources
-from viewer.pipeline import FrameQueue, Pipeline
-from viewer.render import VideoRecorder, composite, frame_panel, method_panels
-from viewer.sources import open_source
+from tests.viewer_helpers import (
+    SVF,
+    camera_frame,
+    make_runtime,
+    red_dominance,
+    road_image,
+    tiny_model,
+    write_drive,
+    write_folder,
+    write_video,
+)
 
 WAIT = 60  # seconds; generous for 2 busy cores
 

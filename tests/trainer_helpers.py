@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from data.preprocess import View
-from data.store import StoreWriter
+from vbp_rt.data.preprocess import View
+from vbp_rt.data.store import StoreWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT = 16

@@ -6,9 +6,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from vbp_rt.data.preprocess import VIEWS
+from vbp_rt.data.store import StoreWriter
 
-from data.preprocess import VIEWS
-from data.store import StoreWriter
 from vbp_rt.models import build, save_checkpoint
 
 SVF = VIEWS["svf"]

@@ -1,6 +1,6 @@
 """Turn a training checkpoint into a shipped model, and measure a model on a drive with ground truth.
 
-    python -m trainer.ship runs/hvf/best.pt --to vbp_rt/weights/nethvf.pt --eval-store eval.h5
+    python -m vbp_rt.trainer.ship runs/hvf/best.pt --to vbp_rt/weights/nethvf.pt --eval-store eval.h5
 
 The shipped file is a half-precision `vbp_rt.models` checkpoint (weights, model config, and the run's
 settings and metric history, without optimizer state). The evaluation reports the RMSE against the
@@ -18,11 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from vbp_rt.data.store import StoreReader
 
-from data.store import StoreReader
-from vbp_rt.evaluation import area_share, mass_share
-from vbp_rt.explain import explain
-from vbp_rt.models import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
+from vbp_rt.dispatch import explain
+from vbp_rt.evaluation.metrics import area_share, mass_share
+from vbp_rt.models import (
+    load_model,
+    model_from_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 KEPT = ("train_config", "history", "best_val_rmse", "epoch", "step")
 
@@ -67,7 +72,7 @@ def evaluate(model, store, batch_size: int = 16, split: str = "all") -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.ship", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vbp_rt.trainer.ship", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="training checkpoint (RUN_DIR/best.pt) or any model checkpoint")
     p.add_argument("--to", help="write the half-precision shipped checkpoint here")
     p.add_argument("--eval-store", help="store with ground-truth masks (`vbp data synth`) to measure on")

@@ -1,6 +1,6 @@
 """Train the Table 2 traffic-sign classifier on synthetic signs (data.signs), as shipped in vbp_rt/weights/sign.pt.
 
-    python -m trainer.signs --out vbp_rt/weights/sign.pt            # the shipped net (see --help)
+    python -m vbp_rt.trainer.signs --out vbp_rt/weights/sign.pt            # the shipped net (see --help)
 
 SGD with momentum and cross-entropy on the logits (the NLL of the paper's LogSoftmax), on a stream of
 freshly generated signs: batch b holds images b*B .. (b+1)*B-1 of the training seed, so no image is
@@ -21,11 +21,18 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from vbp_rt.data.signs import generate
 
-from data.signs import generate
-from vbp_rt.models import build, checkpoint_dict, model_from_checkpoint, outputs, save_checkpoint, to_input
+from vbp_rt.models import (
+    build,
+    checkpoint_dict,
+    model_from_checkpoint,
+    outputs,
+    save_checkpoint,
+    to_input,
+)
 
-TRAIN_SEED, VAL_SEED = 0, 1  # vbp eval's sign section uses seed 2 (vbp_rt.eval_signs.SEED); tests use 4
+TRAIN_SEED, VAL_SEED = 0, 1  # vbp eval's sign section uses seed 2 (vbp_rt.evaluation.signs.SEED); tests use 4
 
 
 def accuracy(model, seed: int, count: int) -> float:
@@ -78,10 +85,10 @@ def train(out, samples: int = 32000, batch_size: int = 16, lr: float = 0.015, mo
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m trainer.signs",
+        prog="python -m vbp_rt.trainer.signs",
         description="Train the paper's Table 2 sign classifier (125x125 gray, 43 classes) on synthetic signs "
                     "(data.signs) with SGD + cross-entropy, and write it as a half-precision vbp-rt checkpoint.",
-        epilog="the shipped net: python -m trainer.signs --out vbp_rt/weights/sign.pt (defaults; one thread)")
+        epilog="the shipped net: python -m vbp_rt.trainer.signs --out vbp_rt/weights/sign.pt (defaults; one thread)")
     p.add_argument("--out", required=True, help="checkpoint to write (atomically)")
     p.add_argument("--samples", type=int, default=32000, help="training images, each generated once (default 32000)")
     p.add_argument("--batch-size", type=int, default=16, help="default 16")

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+from vbp_rt.data.store import StoreReader
 
-from data.store import StoreReader
-from vbp_rt.explain import explain
+from vbp_rt.dispatch import explain
 from vbp_rt.models import ConvNet, build, read_checkpoint, save_checkpoint
 
 from . import distributed

@@ -6,6 +6,7 @@ every leaf module (execution order, not registration order).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -135,7 +136,7 @@ def chain_from_trace(entries, input_shape) -> Chain:
     return chain
 
 
-def find_chain(model: nn.Module, input_shape) -> Chain:
+def find_torch_chain(model: nn.Module, input_shape) -> Chain:
     """Trace `model` on a zero input of `input_shape` (C,H,W) and return its conv/ReLU chain."""
     p = next(model.parameters(), None)
     x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu",
@@ -156,3 +157,23 @@ def require_maps(chain: Chain) -> Chain:
         raise ValueError("the model has no Conv2d followed by an nn.ReLU module: VisualBackProp needs "
                          "post-ReLU convolutional feature maps (functional F.relu calls cannot be hooked)")
     return chain
+
+
+_CHAINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {input shape: Chain}
+
+
+def cached_chain(model: nn.Module, input_shape) -> Chain | None:
+    """The chain found earlier for this model and input shape (C,H,W), or None."""
+    return _CHAINS.get(model, {}).get(tuple(input_shape))
+
+
+def remember_chain(model: nn.Module, input_shape, chain: Chain) -> Chain:
+    """Cache `chain` for this model and input shape (dropped with the model)."""
+    _CHAINS.setdefault(model, {})[tuple(input_shape)] = chain
+    return chain
+
+
+def chain_for(model: nn.Module, input_shape) -> Chain:
+    """The model's conv/ReLU chain for this input shape (C,H,W): traced once, then cached."""
+    chain = cached_chain(model, input_shape)
+    return chain if chain is not None else remember_chain(model, input_shape, find_torch_chain(model, input_shape))

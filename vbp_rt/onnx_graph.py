@@ -192,7 +192,7 @@ class _Flow:
         return seen
 
 
-def find_chain(model, input_shape=None) -> Chain:
+def find_onnx_chain(model, input_shape=None) -> Chain:
     """The conv/ReLU chain of an ONNX model (path, bytes or ModelProto).
 
     `input_shape` (C,H,W) is needed only when the model leaves H or W symbolic.

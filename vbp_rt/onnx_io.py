@@ -1,6 +1,6 @@
 """ONNX export and in-graph heads: the network with its post-ReLU maps as outputs, VBP and LRP inside the graph.
 
-`append_vbp_head(model)` works on any ONNX ReLU CNN: the chain comes from `onnx_graph.find_chain`, and the
+`append_vbp_head(model)` works on any ONNX ReLU CNN: the chain comes from `onnx_graph.find_onnx_chain`, and the
 head follows `vbp_rt.methods.vbp.backproject` step by step (channel mean, all-ones transposed convs of each
 layer's geometry, point-wise products, per-step rescale by the per-image max, final per-image min-max).
 """
@@ -20,9 +20,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper, version_converter
 from torch import nn
 
-from . import methods, onnx_graph
-from .graph import Chain, SpatialOp
-from .graph import find_chain as find_torch_chain
+from . import onnx_graph
+from .data.preprocess import VIEWS, view_for
+from .graph import Chain, SpatialOp, find_torch_chain
+from .methods.lrp import epsilon_lrp
 from .methods.vbp import backproject
 from .upsample import natural_size
 
@@ -87,7 +88,7 @@ class GraphBuilder:
         return self.op("Where", [positive, then, otherwise])
 
 
-def channel_mean(b: GraphBuilder, x: str, channels: int) -> str:
+def onnx_channel_mean(b: GraphBuilder, x: str, channels: int) -> str:
     """(N,C,h,w) -> (N,1,h,w) mean over channels, as a 1x1 convolution with weights 1/C.
 
     onnxruntime keeps a convolution on the blocked (NCHWc) layout the network's convolutions write, so the
@@ -97,7 +98,7 @@ def channel_mean(b: GraphBuilder, x: str, channels: int) -> str:
     return b.op("Conv", [x, b.const(np.full((1, channels, 1, 1), 1.0 / channels), base="mean_weight")], "mean")
 
 
-def upscale(b: GraphBuilder, m: str, op: SpatialOp) -> str:
+def onnx_upscale(b: GraphBuilder, m: str, op: SpatialOp) -> str:
     """All-ones transposed conv of a (N,1,h,w) map with `op`'s geometry, landing exactly on op.in_hw
     (the same result as vbp_rt.upsample.ones_transposed_conv)."""
     pads, out_pad = list(op.padding), [0, 0]
@@ -113,14 +114,14 @@ def upscale(b: GraphBuilder, m: str, op: SpatialOp) -> str:
                 pads=pads, output_padding=out_pad)
 
 
-def rescale(b: GraphBuilder, m: str) -> str:
+def onnx_rescale(b: GraphBuilder, m: str) -> str:
     """Divide each image by its max (as vbp._rescale)."""
     peak = b.reduce("ReduceMax", m, [2, 3])
     return b.op("Div", [m, b.where_positive(peak, peak, b.const(1.0))], "rescaled")
 
 
-def normalize01(b: GraphBuilder, m: str) -> str:
-    """Per-image min-max of (N,H,W) to [0,1] (as vbp_rt.explain.normalize01). A constant image has
+def onnx_normalize01(b: GraphBuilder, m: str) -> str:
+    """Per-image min-max of (N,H,W) to [0,1] (as vbp_rt.result.normalize01). A constant image has
     m - min = 0 exactly, so dividing by 1 there gives the zeros normalize01 returns."""
     lo = b.reduce("ReduceMin", m, [1, 2])
     span = b.op("Sub", [b.reduce("ReduceMax", m, [1, 2]), lo])
@@ -131,12 +132,12 @@ def vbp_head(b: GraphBuilder, chain: Chain) -> tuple:
     """Nodes computing VBP from the chain's map tensors with vbp_rt.methods.vbp.backproject's loop.
 
     Returns the names of (mask (N,H,W) in [0,1], relevance (N,H,W), the channel means)."""
-    averages = [channel_mean(b, link.name, link.shape[0]) for link in chain.links]
-    m, _ = backproject(averages, chain, upscale=lambda m, op: upscale(b, m, op),
-                       combine=lambda m, a: rescale(b, b.op("Mul", [m, a])), start=lambda m: rescale(b, m))
+    averages = [onnx_channel_mean(b, link.name, link.shape[0]) for link in chain.links]
+    m, _ = backproject(averages, chain, upscale=lambda m, op: onnx_upscale(b, m, op),
+                       combine=lambda m, a: onnx_rescale(b, b.op("Mul", [m, a])), start=lambda m: onnx_rescale(b, m))
     h, w = chain.links[0].ops[0].in_hw
     relevance = b.reshape(m, [0, h, w], "relevance")
-    return normalize01(b, relevance), relevance, averages
+    return onnx_normalize01(b, relevance), relevance, averages
 
 
 def _keep_outputs(m: onnx.ModelProto, drop) -> None:
@@ -154,7 +155,7 @@ def append_vbp_head(model, chain: Chain | None = None, input_shape=None) -> onnx
     """
     model = onnx_graph.load(model)
     if chain is None:
-        chain = onnx_graph.find_chain(model, input_shape)
+        chain = onnx_graph.find_onnx_chain(model, input_shape)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     taken = {VBP_OUTPUT, VBP_RELEVANCE} & {o.name for o in m.graph.output}
@@ -180,7 +181,7 @@ def expose_maps(model, chain: Chain | None = None, input_shape=None) -> onnx.Mod
     """A copy of any ONNX ReLU CNN with every post-ReLU conv map of its chain as an extra graph output."""
     model = onnx_graph.load(model)
     if chain is None:
-        chain = onnx_graph.find_chain(model, input_shape)
+        chain = onnx_graph.find_onnx_chain(model, input_shape)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
@@ -248,7 +249,7 @@ class _Lrp(nn.Module):
         self.model, self.eps = model, eps
 
     def forward(self, x):
-        e = methods.get("lrp")(self.model, x, eps=self.eps)
+        e = epsilon_lrp(self.model, x, eps=self.eps)
         return e.prediction, e.mask, e.relevance
 
 
@@ -269,7 +270,6 @@ def input_info(model: nn.Module, input_shape=None) -> dict:
     c, h, w = tuple(input_shape) if input_shape is not None else cfg.input_shape
     view = None
     if cfg is not None and cfg.view:
-        from data.preprocess import VIEWS, view_for
         view = view_for(cfg.view, cfg.height).to_dict() if cfg.view in VIEWS else {"name": cfg.view}
     return {"layout": "NCHW", "dtype": "float32", "channels": c, "color": "gray" if c == 1 else "bgr",
             "height": h, "width": w, "scale": cfg.input_scale if cfg is not None else None, "view": view}

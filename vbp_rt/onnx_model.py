@@ -13,7 +13,9 @@ import onnxruntime as ort
 import torch
 
 from . import onnx_graph, onnx_io
-from .explain import Explanation
+from .models import NetConfig
+from .result import Explanation
+from .sessions import cpu_session_options
 
 ONNX_METHODS = ("vbp", "lrp")
 
@@ -43,7 +45,6 @@ def is_onnx(model) -> bool:
 def onnx_config(model, input_shape=None):
     """The NetConfig stored by `vbp export`, or a ModelInfo read from the graph (input size, outputs) and the
     metadata; a model from elsewhere is assumed to take gray frames scaled by 1/255."""
-    from .models import NetConfig
     model = onnx_graph.load(model)
     meta = onnx_io.metadata(model)
     if isinstance(meta.get("vbp_rt.config"), dict):
@@ -115,15 +116,19 @@ def _session(path: str, mtime: float, method: str, eps: float | None):
     kept = [o for o in graph.graph.output if o.name in names]  # only what explain returns
     del graph.graph.output[:]
     graph.graph.output.extend(kept)
-    from .runtime import cpu_session_options
     session = ort.InferenceSession(graph.SerializeToString(), cpu_session_options(),
                                    providers=["CPUExecutionProvider"])
     return session, names
 
 
-def explain_onnx(path, x: torch.Tensor, method: str = "vbp", eps: float | None = None, **_options) -> Explanation:
+def explain_onnx(path, x: torch.Tensor, method: str = "vbp", **options) -> Explanation:
     """`vbp_rt.explain` for an ONNX file, on onnxruntime CPU (VBP head appended by graph analysis; LRP from
-    the MODEL.lrp.onnx variant, whose eps was fixed at export)."""
+    the MODEL.lrp.onnx variant, whose eps was fixed at export). LRP takes `eps` here, no other option."""
+    extra = sorted(set(options) - {"eps"} if method == "lrp" else set(options))
+    if extra:
+        raise ValueError(f"on an ONNX model, method {method!r} takes {'only eps' if method == 'lrp' else 'no options'}"
+                         f"; got {', '.join(extra)}")
+    eps = options.get("eps")
     if isinstance(path, onnx.ModelProto):
         raise ValueError("explain() takes an ONNX file path (save the ModelProto first)")
     path = Path(path)

@@ -13,13 +13,9 @@ forward pass with VBP's channel-mean hooks, and a method other than VBP runs its
 """
 from __future__ import annotations
 
-import functools
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -28,9 +24,12 @@ from onnx import utils as onnx_utils
 from torch import nn
 
 from . import onnx_graph, onnx_io
-from .explain import explain, normalize01
+from .data import preprocess
+from .dispatch import explain
 from .methods import vbp as vbp_method
+from .models import load_model, resolve_model_path
 from .onnx_model import ONNX_METHODS, ModelInfo, method_graph, onnx_config
+from .sessions import cpu_session_options, ort_cuda_works
 
 BACKENDS = ("ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")  # "auto" tries them in this order
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
@@ -41,56 +40,6 @@ class RunResult:
     prediction: np.ndarray  # (N, outputs) float32
     masks: dict  # method -> (N,H,W) float32 in [0,1]
     timings: dict  # milliseconds: "forward", one per method, "total"
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use (hyper-threads share a core's arithmetic units)."""
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
-    for cpu in usable:
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
-        except OSError:
-            cores.add(("?", str(cpu)))
-    return max(1, len(cores))
-
-
-def cpu_session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
-    """Low-latency CPU options: one intra-op thread per physical core, no thread spinning (the cores are
-    shared with a UI or capture thread), denormals flushed (epsilon-LRP relevance sinks into them)."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or physical_cores()
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    return so
-
-
-def _probe_model() -> bytes:
-    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
-    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
-    g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)])
-    m.ir_version = onnx_io.MAX_IR_VERSION
-    return m.SerializeToString()
-
-
-@functools.lru_cache(maxsize=None)
-def ort_cuda_works() -> bool:
-    """True when an onnxruntime session really runs on CUDA (onnxruntime-gpu lists CUDA as available even
-    where its libraries cannot load, and then silently runs on the CPU)."""
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    try:
-        s = ort.InferenceSession(_probe_model(), so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    except Exception:  # onnxruntime raises its own Fail/RuntimeException types
-        return False
-    return s.get_providers()[0] == "CUDAExecutionProvider"
 
 
 def available_backends() -> list:
@@ -106,7 +55,6 @@ def _source(model, input_shape):
         return "torch", model.eval(), None
     if isinstance(model, onnx.ModelProto):
         return "onnx", model, None
-    from .models import load_model, resolve_model_path
     path = resolve_model_path(model)
     if path.suffix.lower() == ".onnx":
         return "onnx", onnx_graph.load(path), path
@@ -291,8 +239,7 @@ class _TorchEngine:
         t0 = time.perf_counter()
         xt = torch.from_numpy(x).to(self.device, non_blocking=True)
         if "vbp" in methods:
-            chain = vbp_method.chain_for(self.model, tuple(xt.shape[1:]))
-            pred, averages = vbp_method.forward_with_averages(self.model, xt, chain)
+            pred, averages, chain = vbp_method.forward(self.model, xt)
         else:
             with torch.no_grad():
                 pred = self.model(xt)
@@ -301,8 +248,7 @@ class _TorchEngine:
         for m in methods:
             t0 = time.perf_counter()
             if m == "vbp":
-                relevance, _ = vbp_method.backproject(averages, chain)
-                mask = normalize01(relevance)
+                mask = vbp_method.from_averages(pred, averages, chain).mask
             else:
                 mask = explain(self.model, xt, m, **self.options.get(m, {})).mask
             masks[m] = mask.detach().float().cpu().numpy()
@@ -351,9 +297,8 @@ class Runtime:
 
     def _view(self):
         """The camera view feeding this model (None when the model's size is not one of the known views)."""
-        from data.preprocess import VIEWS, view_for
         name = getattr(self.config, "view", "")
-        view = view_for(name, self.config.height) if name in VIEWS else None
+        view = preprocess.view_for(name, self.config.height) if name in preprocess.VIEWS else None
         return view if view is not None and view.width == self.config.width else None
 
     def _candidates(self, backend: str, kind: str) -> list:
@@ -386,11 +331,7 @@ class Runtime:
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """A camera frame (BGR or gray, any size) -> this model's uint8 view image (H,W): the view's crop
         when the model has one, else the whole frame in gray resized to the model's input."""
-        from data import preprocess
-        if self.view is not None:
-            return preprocess.prepare(frame, self.view)
-        gray = preprocess.to_gray(frame)
-        return cv2.resize(gray, (self.config.width, self.config.height), interpolation=cv2.INTER_AREA)
+        return preprocess.model_view(frame, self.view, self.config.height, self.config.width)
 
     def batch(self, images: np.ndarray) -> np.ndarray:
         """uint8 view images (N,H,W) or (H,W), or float (N,C,H,W) already scaled -> float32 (N,C,H,W)."""

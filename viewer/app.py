@@ -9,16 +9,37 @@ import time
 from pathlib import Path
 
 from PyQt5.QtCore import QObject, Qt, pyqtSignal
-from PyQt5.QtWidgets import (QAction, QApplication, QCheckBox, QComboBox, QDialog, QFileDialog, QGridLayout,
-                             QHBoxLayout, QInputDialog, QLabel, QMainWindow, QSlider, QVBoxLayout, QWidget)
+from PyQt5.QtWidgets import (
+    QAction,
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QMainWindow,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+from vbp_rt.data.sources import open_source
 
 from vbp_rt.methods import available as available_methods
 from vbp_rt.overlay import COLORMAPS
 
 from .pipeline import Pipeline
 from .render import composite, write_image
-from .sources import open_source
-from .widgets import AnglePlot, ImageView, SteeringGauge, TimingPlot, TimingTable, TransportBar
+from .widgets import (
+    AnglePlot,
+    ImageView,
+    SteeringGauge,
+    TimingPlot,
+    TimingTable,
+    TransportBar,
+)
 from .widgets.transport import SPEEDS
 
 SHORTCUTS = [

@@ -6,12 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vbp_rt.data.sources import open_source
+
+from vbp_rt.methods import parse_methods
+from vbp_rt.overlay import COLORMAPS
+
 DEMO_FRAMES = 400  # 20 s of driving at 20 frames/s
 DEMO_SEED = 7
 
 
 def add_parser(sub) -> None:
-    from vbp_rt.overlay import COLORMAPS
     p = sub.add_parser(
         "view", help="watch what a driving network looks at: video, camera, drive or image folder, live",
         description="Play a source through a steering network and show, frame by frame, the VisualBackProp and "
@@ -24,7 +28,7 @@ def add_parser(sub) -> None:
                         "default ~/.cache/vbp-rt)")
     p.add_argument("--model", default="netsvf", help="shipped model name or checkpoint/ONNX path (default netsvf)")
     p.add_argument("--backend", default="auto", help="ort-cpu, ort-cuda, torch-cpu, torch-cuda or auto (default)")
-    p.add_argument("--methods", default="vbp,lrp", help="comma-separated attribution methods (default vbp,lrp)")
+    p.add_argument("--methods", default="vbp,lrp", help="comma-separated attribution methods, lrp:eps=E sets LRP's epsilon (default vbp,lrp)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--realtime", dest="realtime", action="store_true", default=None,
                       help="play files at their frame rate, dropping frames inference cannot keep up with "
@@ -45,14 +49,15 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_methods(text: str) -> tuple:
-    from vbp_rt.methods import available
-    methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    known = available()
-    unknown = [m for m in methods if m not in known]
-    if not methods or unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
-    return methods
+def viewer_methods(text: str) -> tuple:
+    """--methods for the viewer: (method names, LRP's eps or None), read with the common method-list grammar."""
+    specs = parse_methods(text)
+    extra = [label for label, (m, opts) in specs.items() if set(opts) - ({"eps"} if m == "lrp" else set())]
+    if extra:
+        raise ValueError(f"vbp view runs methods with their default options (only lrp:eps=E can be set); "
+                         f"got {', '.join(extra)}")
+    eps = next((opts["eps"] for m, opts in specs.values() if m == "lrp" and "eps" in opts), None)
+    return tuple(dict.fromkeys(m for m, _ in specs.values())), eps
 
 
 def default_drive() -> Path:
@@ -69,12 +74,14 @@ def default_drive() -> Path:
     return path
 
 
-def runtime_factory(model, threads=None):
+def runtime_factory(model, threads=None, eps=None):
     """(backend, methods) -> Runtime for `model`."""
-    from vbp_rt.runtime import Runtime
+    from vbp_rt.runtime import (
+        Runtime,  # torch and onnxruntime: imported once a model is really needed
+    )
 
     def make(backend, methods):
-        return Runtime(model, backend=backend, methods=tuple(methods), threads=threads)
+        return Runtime(model, backend=backend, methods=tuple(methods), threads=threads, eps=eps)
     return make
 
 
@@ -86,7 +93,7 @@ def has_display() -> bool:
 
 
 def run(args) -> int:
-    methods = parse_methods(args.methods)
+    methods, eps = viewer_methods(args.methods)
     if not 0.0 <= args.opacity <= 1.0:
         raise ValueError(f"--opacity must be within 0..1, got {args.opacity}")
     if args.speed <= 0:
@@ -99,12 +106,11 @@ def run(args) -> int:
     elif not has_display():
         raise ValueError("no display (DISPLAY is not set): run with --headless --out overlay.mp4, "
                          "or set QT_QPA_PLATFORM=offscreen")
-    make = runtime_factory(args.model, args.threads)
+    make = runtime_factory(args.model, args.threads, eps)
     print(f"vbp view: preparing {args.model} for {', '.join(methods)} (backend {args.backend})...", file=sys.stderr)
     runtime = make(args.backend, methods)
     print(f"vbp view: running on {runtime.backend}", file=sys.stderr)
     source_spec = args.source or default_drive()
-    from .sources import open_source
     if args.headless:
         from .headless import run_headless
         source = open_source(source_spec, runtime.config.view)

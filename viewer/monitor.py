@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtWidgets import QCheckBox, QGridLayout, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PyQt5.QtWidgets import (
+    QCheckBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from vbp_rt.overlay import overlay
 
@@ -93,7 +101,7 @@ class MonitorWindow(QWidget):
                   f"started {attrs.get('started', '?')}")
 
     def _open(self) -> bool:
-        from trainer.runlog import RunLogReader
+        from vbp_rt.trainer.runlog import RunLogReader
         if not self.path.exists():
             self._say(f"waiting for {self.path} (training has not written its run log yet)…")
             return False

@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from data.preprocess import view_box
+from vbp_rt.data.preprocess import view_box
+from vbp_rt.data.sources import BadFrame, EndOfSource, Frame, SourceLost
 
 from .render import VideoRecorder, composite, frame_panel, method_panels
-from .sources import BadFrame, EndOfSource, Frame, SourceLost
 
 END = object()  # queued after the last frame of a file
 BAD_RUN = 25  # consecutive undecodable frames after which a file is treated as ended

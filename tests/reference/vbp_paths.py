@@ -8,7 +8,6 @@ positions are path nodes with weight 1. No transposed convolution is used here.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 

@@ -1,10 +1,13 @@
 """The method registry: every attribution method registers itself here under a name.
 
-A method is a function `(model, x, **options) -> Explanation`; `vbp_rt.explain` dispatches by name.
+A method is a function `(model, x, *, its options) -> Explanation`; `vbp_rt.explain` dispatches by name and
+checks the options against the function's signature. `parse_methods` reads the command-line grammar
+"vbp,lrp:eps=0.01" used by `vbp view`, `vbp eval` and `vbp audit`.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 
 REGISTRY: dict = {}
 _BUILTIN = ("vbp", "lrp", "saliency", "guided", "deconvnet", "gradxinput", "gradcam", "affine")
@@ -33,3 +36,52 @@ def get(name: str):
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
+
+
+def options_of(name: str) -> list:
+    """The option names method `name` takes (its keyword parameters after model and x)."""
+    params = list(inspect.signature(get(name)).parameters.values())[2:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_options(name: str, options: dict) -> None:
+    """Raise a ValueError naming the method and what it takes when `options` has a key it does not take."""
+    known = options_of(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"method {name!r} has no option(s) {', '.join(unknown)}; it takes: "
+                         f"{', '.join(known) or 'no options'}")
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_methods(text: str) -> dict:
+    """'vbp,lrp:eps=0.01' -> {"vbp": ("vbp", {}), "lrp:eps=0.01": ("lrp", {"eps": 0.01})}.
+
+    Numbers become int/float, anything else stays a string. An unknown method or option raises a ValueError
+    listing the known ones; an empty list raises too.
+    """
+    specs = {}
+    for label in (t.strip() for t in text.split(",")):
+        if not label:
+            continue
+        method, *pairs = label.split(":")
+        get(method)
+        options = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"method option {pair!r} in {label!r} is not KEY=VALUE")
+            options[key] = _number(value)
+        check_options(method, options)
+        specs[label] = (method, options)
+    if not specs:
+        raise ValueError(f"no method given; known methods: {', '.join(available())}")
+    return specs

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..explain import Explanation
+from ..result import Explanation
 from . import register
 from .gradient import backward, resolve_layer, to_input_size, unit_peak
 
@@ -56,7 +56,7 @@ def decompose(model: nn.Module, x: torch.Tensor, layers=("input",), target=None)
 
 
 @register("affine")
-def affine(model, x, layer="input", target=None, **_options) -> Explanation:
+def affine(model, x, layer="input", target=None) -> Explanation:
     pred, (d,) = decompose(model, x, (layer,), target)
     hw = x.shape[-2:]
     return Explanation("affine", pred, unit_peak(to_input_size(d.contributions.clamp(min=0), hw)),

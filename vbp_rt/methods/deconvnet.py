@@ -6,13 +6,13 @@ per-image maximum.
 """
 from __future__ import annotations
 
-from ..explain import Explanation
+from ..result import Explanation
 from . import register
 from .gradient import backward, unit_peak
 
 
 @register("deconvnet")
-def deconvnet(model, x, target=None, **_options) -> Explanation:
+def deconvnet(model, x, target=None) -> Explanation:
     b = backward(model, x, "deconvnet", target)
     r = b.input_grad.sum(dim=1)
     return Explanation("deconvnet", b.prediction, unit_peak(r.abs()), r, {"gradient": b.input_grad, "score": b.score})

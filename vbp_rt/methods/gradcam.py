@@ -6,13 +6,13 @@ part (as in the paper, resized after the ReLU) over the per-image maximum.
 """
 from __future__ import annotations
 
-from ..explain import Explanation
+from ..result import Explanation
 from . import register
 from .gradient import backward, resolve_layer, to_input_size, unit_peak
 
 
 @register("gradcam")
-def grad_cam(model, x, layer=-1, target=None, **_options) -> Explanation:
+def grad_cam(model, x, layer=-1, target=None) -> Explanation:
     link = resolve_layer(model, x, layer)
     if link is None:
         raise ValueError("Grad-CAM needs a conv feature map, not the input: pass layer=<index or name>")

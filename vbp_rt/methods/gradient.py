@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import MapLink
-from .vbp import chain_for
+from ..graph import MapLink, chain_for
 
 # grad_input of a ReLU from (grad_input of the true gradient, grad_output)
 RULES = {

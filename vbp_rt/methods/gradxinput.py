@@ -5,13 +5,13 @@ relevance: signed, summed over input channels; mask: its absolute value over the
 """
 from __future__ import annotations
 
-from ..explain import Explanation
+from ..result import Explanation
 from . import register
 from .gradient import backward, unit_peak
 
 
 @register("gradxinput")
-def gradient_x_input(model, x, target=None, **_options) -> Explanation:
+def gradient_x_input(model, x, target=None) -> Explanation:
     b = backward(model, x, "gradient", target)
     r = (b.input_grad * b.input).sum(dim=1)
     return Explanation("gradxinput", b.prediction, unit_peak(r.abs()), r, {"gradient": b.input_grad, "score": b.score})

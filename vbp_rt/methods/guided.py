@@ -6,13 +6,13 @@ per-image maximum. Nie et al. show it largely recovers the image instead of expl
 """
 from __future__ import annotations
 
-from ..explain import Explanation
+from ..result import Explanation
 from . import register
 from .gradient import backward, unit_peak
 
 
 @register("guided")
-def guided_backprop(model, x, target=None, **_options) -> Explanation:
+def guided_backprop(model, x, target=None) -> Explanation:
     b = backward(model, x, "guided", target)
     r = b.input_grad.sum(dim=1)
     return Explanation("guided", b.prediction, unit_peak(r.abs()), r, {"gradient": b.input_grad, "score": b.score})

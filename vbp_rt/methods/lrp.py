@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..explain import Explanation
 from ..graph import conv_padding, spatial_op, trace
+from ..result import Explanation
 from ..upsample import ones_transposed_conv
 from . import register
 
@@ -171,7 +171,7 @@ def output_relevance(pred: torch.Tensor, target) -> torch.Tensor:
 
 
 @register("lrp")
-def epsilon_lrp(model, x, eps: float = 100.0, target=None, bn: str = "fold", **_options) -> Explanation:
+def epsilon_lrp(model, x, eps: float = 100.0, target=None, bn: str = "fold") -> Explanation:
     """Explanation.relevance is float64: with eps=100 on a small-activation model the true relevance
     can sink below float32's range; the walk rescales each layer's relevance per image (eps-LRP is
     linear in R for a fixed forward) and keeps the scale in float64."""

@@ -5,13 +5,13 @@ divided by its per-image maximum.
 """
 from __future__ import annotations
 
-from ..explain import Explanation
+from ..result import Explanation
 from . import register
 from .gradient import backward, unit_peak
 
 
 @register("saliency")
-def saliency(model, x, target=None, **_options) -> Explanation:
+def saliency(model, x, target=None) -> Explanation:
     b = backward(model, x, "gradient", target)
     g = b.input_grad
     return Explanation("saliency", b.prediction, unit_peak(g.abs().amax(dim=1)), g.sum(dim=1).detach(),

@@ -7,25 +7,19 @@ pass that produces the prediction: no extra forward, no gradients.
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 
-from ..explain import Explanation, normalize01
-from ..graph import Chain, chain_from_trace, find_chain, require_maps, trace
+from ..graph import (
+    Chain,
+    cached_chain,
+    chain_from_trace,
+    remember_chain,
+    require_maps,
+    trace,
+)
+from ..result import Explanation, normalize01
 from ..upsample import ones_transposed_conv
 from . import register
-
-_CHAINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def chain_for(model, input_shape) -> Chain:
-    """The model's conv/ReLU chain for this input shape (traced once, then cached)."""
-    per_model = _CHAINS.setdefault(model, {})
-    key = tuple(input_shape)
-    if key not in per_model:
-        per_model[key] = find_chain(model, key)
-    return per_model[key]
 
 
 def _first_forward(model, x):
@@ -42,8 +36,7 @@ def _first_forward(model, x):
     finally:
         for h in handles:
             h.remove()
-    chain = require_maps(chain_from_trace(entries, tuple(x.shape[1:])))
-    _CHAINS.setdefault(model, {})[tuple(x.shape[1:])] = chain
+    chain = remember_chain(model, x.shape[1:], require_maps(chain_from_trace(entries, tuple(x.shape[1:]))))
     return pred, [means[name] for name in chain.names], chain
 
 
@@ -97,13 +90,23 @@ def forward_with_averages(model, x, chain: Chain):
     return pred, averages
 
 
-@register("vbp")
-def visualbackprop(model, x, **_options) -> Explanation:
-    chain = _CHAINS.get(model, {}).get(tuple(x.shape[1:]))
+def forward(model, x):
+    """The forward pass VBP rides on: (prediction, channel means shallow -> deep, chain). The first call for a
+    model and input shape also finds the chain (in the same pass); later calls hook the cached chain."""
+    chain = cached_chain(model, x.shape[1:])
     if chain is None:
-        pred, averages, chain = _first_forward(model, x)
-    else:
-        pred, averages = forward_with_averages(model, x, chain)
+        return _first_forward(model, x)
+    pred, averages = forward_with_averages(model, x, chain)
+    return pred, averages, chain
+
+
+def from_averages(pred, averages: list, chain: Chain) -> Explanation:
+    """VBP's result from what `forward` returned."""
     relevance, inter = backproject(averages, chain)
     return Explanation("vbp", pred, normalize01(relevance), relevance,
                        {"names": chain.names, "averages": averages, "intermediate": inter})
+
+
+@register("vbp")
+def visualbackprop(model, x) -> Explanation:
+    return from_averages(*forward(model, x))

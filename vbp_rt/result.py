@@ -1,12 +1,13 @@
-"""`explain()`: one call shape for every attribution method, and its result."""
+"""The result of an attribution method, and the checks and normalization every method shares.
+
+Imports nothing of vbp_rt: every other module of the engine may use it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-
-from . import methods
 
 
 @dataclass
@@ -62,19 +63,3 @@ def check_input(model: nn.Module, x) -> torch.Tensor:
     if not torch.isfinite(x).all():
         raise ValueError("input contains NaN or inf values")
     return x
-
-
-def explain(model, x: torch.Tensor, method: str = "vbp", **options) -> Explanation:
-    """Explain `model(x)` with a registered method ("vbp", "lrp", ...; see `vbp_rt.methods.available()`).
-
-    `model` is a torch nn.Module, a checkpoint path, a shipped model name or an .onnx file (any ONNX ReLU CNN;
-    runs on onnxruntime, see vbp_rt.onnx_model). `x` is a float tensor (N,C,H,W) already scaled as the model expects.
-    """
-    fn = methods.get(method)
-    from .onnx_model import explain_onnx, is_onnx
-    if is_onnx(model):
-        return explain_onnx(model, x, method, **options)
-    if not isinstance(model, nn.Module):
-        from .models import load_model
-        model = load_model(model)
-    return fn(model, check_input(model, x), **options)

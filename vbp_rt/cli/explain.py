@@ -13,14 +13,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import methods
-from .explain import explain
-from .models import load_model
-from .overlay import overlay
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v"}
-STORE_SUFFIXES = {".h5", ".hdf5"}
+from vbp_rt import methods
+from vbp_rt.data.preprocess import VIEWS, model_view, view_for
+from vbp_rt.data.sources import iter_frames, open_source
+from vbp_rt.dispatch import explain
+from vbp_rt.models import load_model, shipped_models
+from vbp_rt.onnx_model import is_onnx, onnx_config
+from vbp_rt.overlay import overlay
 
 
 def add_parser(sub) -> None:
@@ -43,99 +42,50 @@ def add_parser(sub) -> None:
 
 
 def _shipped():
-    from .models import shipped_models
     return list(shipped_models()) or ["none yet"]
 
 
 class FrameSource:
-    """Frames from the given inputs, already at the model's view; bad ones are reported and counted."""
+    """Frames of the given inputs (image files, folders, videos, stores: `vbp_rt.data.sources`), at the model's
+    view; unreadable frames are reported and counted."""
 
-    def __init__(self, inputs, view_fn):
-        self.items = []  # (label, loader)
+    def __init__(self, inputs, cfg):
+        self.cfg = cfg
+        self.view = view_for(cfg.view, cfg.height) if cfg.view in VIEWS else None
+        if self.view is not None and self.view.width != cfg.width:
+            raise ValueError(f"model input width {cfg.width} does not match view {cfg.view} ({self.view.width})")
+        self.sources = []
         self.bad = 0
-        self.view_fn = view_fn
-        for raw in inputs:
-            path = Path(raw)
-            if not path.exists():
-                raise FileNotFoundError(f"input {path} does not exist")
-            if path.is_dir():
-                files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-                if not files:
-                    raise ValueError(f"folder {path} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-                self.items += [(str(f), "image") for f in files]
-            elif path.suffix.lower() in IMAGE_SUFFIXES:
-                self.items.append((str(path), "image"))
-            elif path.suffix.lower() in VIDEO_SUFFIXES:
-                self.items.append((str(path), "video"))
-            elif path.suffix.lower() in STORE_SUFFIXES:
-                self.items.append((str(path), "store"))
-            else:
-                raise ValueError(f"input {path}: unknown kind (images: {', '.join(sorted(IMAGE_SUFFIXES))}; "
-                                 f"videos: {', '.join(sorted(VIDEO_SUFFIXES))}; stores: .h5)")
+        try:
+            for raw in inputs:
+                path = Path(raw)
+                if not path.exists():
+                    raise FileNotFoundError(f"input {path} does not exist")
+                self.sources.append(open_source(path, cfg.view))
+        except BaseException:
+            self.close()
+            raise
 
     def __iter__(self):
         """Yield (label, view image uint8)."""
-        for label, kind in self.items:
-            if kind == "image":
-                frame = cv2.imread(label, cv2.IMREAD_UNCHANGED)
-                if frame is None or frame.size == 0:
-                    self._bad(label, "cannot be decoded as an image")
-                    continue
-                if frame.dtype != np.uint8:
-                    frame = cv2.convertScaleAbs(frame, alpha=255.0 / max(1, int(frame.max())))
-                yield label, self.view_fn(frame)
-            elif kind == "video":
-                cap = cv2.VideoCapture(label)
-                if not cap.isOpened():
-                    self._bad(label, "cannot be opened as a video")
-                    continue
-                i = 0
-                while True:
-                    ok, frame = cap.read()
-                    if not ok:
-                        break
-                    yield f"{label}#{i}", self.view_fn(frame)
-                    i += 1
-                cap.release()
-            else:
-                yield from self._store_frames(label)
-
-    def _store_frames(self, label):
-        from data.store import StoreReader
-        with StoreReader(label) as store:
-            view = self.view_fn.view_name
-            if view not in store.views:
-                raise ValueError(f"store {label} has no view {view!r} for this model (it has: "
-                                 f"{', '.join(store.views)})")
-            images = store.images(view)
-            for i in range(len(store)):
-                yield f"{label}#{i}", images[i]
+        for source in self.sources:
+            for frame in iter_frames(source, on_bad=lambda i, why, s=source: self._bad(s.label(i), why),
+                                     on_end=lambda why: print(f"vbp explain: {why}", file=sys.stderr)):
+                image = frame.image if frame.prepared else model_view(frame.image, self.view, self.cfg.height,
+                                                                      self.cfg.width)
+                yield source.label(frame.index), image
 
     def _bad(self, label, why):
         self.bad += 1
         print(f"vbp explain: skipping {label}: {why}", file=sys.stderr)
 
     def count_hint(self) -> int | None:
-        return len(self.items) if all(kind == "image" for _, kind in self.items) else None
+        lengths = [s.length for s in self.sources]
+        return sum(lengths) if all(n is not None for n in lengths) else None
 
-
-class ViewFn:
-    """Camera frame -> the model's input image (uint8), from the model's config."""
-
-    def __init__(self, cfg):
-        from data.preprocess import VIEWS, prepare, view_for
-        self.cfg = cfg
-        self.view_name = cfg.view
-        self.view = view_for(cfg.view, cfg.height) if cfg.view in VIEWS else None
-        if self.view is not None and self.view.width != cfg.width:
-            raise ValueError(f"model input width {cfg.width} does not match view {cfg.view} ({self.view.width})")
-        self._prepare = prepare
-
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        if self.view is not None:
-            return self._prepare(frame, self.view)
-        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        return cv2.resize(gray, (self.cfg.width, self.cfg.height), interpolation=cv2.INTER_AREA)
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
 
 
 def _batches(source, size):
@@ -151,15 +101,14 @@ def _batches(source, size):
 
 
 def run(args) -> int:
-    from .onnx_model import is_onnx, onnx_config
     if is_onnx(args.model):
         model, cfg = args.model, onnx_config(args.model)
     else:
         model = load_model(args.model)
         cfg = model.config
     options = {} if args.eps is None else {"eps": args.eps}
-    methods.get(args.method)  # fail early on an unknown method
-    source = FrameSource(args.inputs, ViewFn(cfg))
+    methods.check_options(args.method, options)  # fail early on an unknown method or option
+    source = FrameSource(args.inputs, cfg)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
@@ -204,6 +153,7 @@ def run(args) -> int:
             raise ValueError(f"no usable frames in {', '.join(args.inputs)} ({source.bad} bad)")
         os.replace(tmp, out)
     finally:
+        source.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
     print(f"vbp explain: {n} frames -> {out}" + (f" ({source.bad} bad frames skipped)" if source.bad else ""))

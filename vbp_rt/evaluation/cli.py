@@ -5,7 +5,7 @@ with seed 3) and a steering model (default: the shipped NetSVF), every registere
 with the metrics of `vbp_rt.evaluation`: lane pointing, region perturbation (AOPC), keep-top
 fraction, sanity checks (cascading randomization, similarity to an edge map), temporal stability,
 and the bias/score ratio per layer of the piece-wise affine decomposition; on the Table 2 sign
-classifier, keep-top-30% top-5 agreement (vbp_rt.eval_signs). Writes report.md, one CSV per table
+classifier, keep-top-30% top-5 agreement (vbp_rt.evaluation.signs). Writes report.md, one CSV per table
 and PNG plots into --out.
 """
 from __future__ import annotations
@@ -19,8 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import evaluation as ev
-from .eval_report import Table, example_grid, line_plot, write_report
+from vbp_rt import methods as registry
+from vbp_rt.data.store import StoreReader
+from vbp_rt.data.synth import SynthOptions, write_synth
+from vbp_rt.dispatch import explain
+from vbp_rt.evaluation import metrics as ev
+from vbp_rt.evaluation.report import Table, example_grid, line_plot, write_report
+from vbp_rt.evaluation.signs import sign_table
+from vbp_rt.graph import chain_for
+from vbp_rt.methods import parse_methods
+from vbp_rt.methods.affine import decompose
+from vbp_rt.models import load_model, outputs, to_input
 
 DEFAULTS = {"frames": 40, "pairs": 16, "perturb_frames": 8, "steps": 30, "region": 15, "keep": 0.3,
             "sanity_frames": 6, "drive_frames": 1000, "batch_size": 8, "sign_images": 430}
@@ -68,7 +77,7 @@ def add_parser(sub) -> None:
                                         "comparison (see docs/evaluation.md for how it was made)")
     p.add_argument("--batch-size", type=int, help="frames per explain call (default 8)")
     p.add_argument("--sign-model", default="sign", help="43-class sign classifier for the keep-top-30%% top-5 "
-                                                        "agreement table (vbp_rt.eval_signs; default the shipped "
+                                                        "agreement table (vbp_rt.evaluation.signs; default the shipped "
                                                         "sign, 'none' skips the table)")
     p.add_argument("--sign-images", type=int, help=f"synthetic signs for that table (default "
                                                    f"{DEFAULTS['sign_images']})")
@@ -92,7 +101,6 @@ class Frames:
 
 
 def load_frames(path, view: str, count: int, split: str = "all") -> Frames:
-    from data.store import StoreReader
     with StoreReader(path) as r:
         if view not in r.views:
             raise ValueError(f"store {path} has no view {view!r} for this model (it has: {', '.join(r.views)})")
@@ -108,7 +116,6 @@ def load_frames(path, view: str, count: int, split: str = "all") -> Frames:
 
 
 def generate_drive(path: Path, seed: int, frames: int, view: str, height: int) -> Path:
-    from data.synth import SynthOptions, write_synth
     write_synth(path, SynthOptions(frames=frames, seed=seed), views=(view,), height=height)
     return path
 
@@ -122,8 +129,6 @@ class Model:
         self.specs = specs  # label -> (registered method, options)
 
     def masks(self, images: np.ndarray, label: str, net=None) -> np.ndarray:
-        from .explain import explain
-        from .models import to_input
         net = self.net if net is None else net
         method, options = self.specs[label]
         out = [explain(net, to_input(images[s:s + self.batch], net.config), method, **options).mask.numpy()
@@ -132,39 +137,7 @@ class Model:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Steering angles for float or uint8 images in pixel units (N,H,W)."""
-        from .models import outputs
         return outputs(self.net, images, 2 * self.batch)[:, 0]
-
-
-def parse_methods(text: str) -> dict:
-    """'vbp,lrp:eps=0.01' -> {"vbp": ("vbp", {}), "lrp:eps=0.01": ("lrp", {"eps": 0.01})}; numbers become
-    int/float, anything else stays a string. Unknown methods raise a ValueError listing the known ones."""
-    from . import methods as registry
-    specs = {}
-    for label in (t.strip() for t in text.split(",")):
-        if not label:
-            continue
-        method, *pairs = label.split(":")
-        registry.get(method)
-        options = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise ValueError(f"method option {pair!r} in {label!r} is not KEY=VALUE")
-            options[key] = _number(value)
-        specs[label] = (method, options)
-    if not specs:
-        raise ValueError("--methods names no method")
-    return specs
-
-
-def _number(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _settings(args) -> dict:
@@ -185,8 +158,6 @@ def _bar(total, desc):
 
 
 def run(args) -> int:
-    from . import methods as registry
-    from .models import load_model
     s = _settings(args)
     t0 = time.time()
     net = load_model(args.model)
@@ -209,7 +180,6 @@ def evaluate(args, s: dict, net, specs: dict, store: Path, store_label: str, out
     """Every table and plot of the report for `net` on `store`; writes OUT/report.md and friends."""
     import torch
 
-    from .models import load_model
     cfg = net.config
     names = list(specs)
     torch.manual_seed(0)
@@ -252,7 +222,6 @@ def evaluate(args, s: dict, net, specs: dict, store: Path, store_label: str, out
     tables.append(bias_table(net, nobn, frames, n, s["batch_size"], out))
     lap("bias")
     if sign is not None:
-        from .eval_signs import sign_table
         bar = _bar(len(names), "vbp eval: sign classifier")
         tables.append(sign_table(sign, specs, s["sign_images"], keep=s["keep"], batch_size=s["batch_size"],
                                  model_label=sign_name, bar=bar))
@@ -402,9 +371,6 @@ def sanity_table(model: Model, frames: Frames, masks: dict, edges: np.ndarray, s
 
 
 def bias_table(net, nobn, frames: Frames, n: int, batch: int, out: Path) -> Table:
-    from .methods.affine import decompose
-    from .methods.vbp import chain_for
-    from .models import to_input
     models = {"with BatchNorm": net}
     if nobn is not None:
         models["without BatchNorm"] = nobn

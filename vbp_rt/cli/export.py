@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vbp_rt import onnx_graph, onnx_io
+from vbp_rt.graph import find_torch_chain
+from vbp_rt.models import load_model, resolve_model_path
+from vbp_rt.onnx_model import is_onnx
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -36,9 +41,6 @@ def _parse_shape(text):
 
 
 def run(args) -> int:
-    from . import onnx_graph, onnx_io
-    from .models import load_model, resolve_model_path
-    from .onnx_model import is_onnx
 
     shape = _parse_shape(args.input_shape)
     source = resolve_model_path(args.model)
@@ -52,7 +54,7 @@ def run(args) -> int:
         if "lrp" in variants:
             raise ValueError("the LRP variant is traced from a vbp-rt torch checkpoint; an .onnx input gets maps, vbp")
         model = onnx_graph.load(source)
-        chain = onnx_graph.find_chain(model, shape)
+        chain = onnx_graph.find_onnx_chain(model, shape)
         paths = onnx_io.variant_paths(args.out)
         built = {"maps": lambda: onnx_io.expose_maps(model, chain),
                  "vbp": lambda: onnx_io.append_vbp_head(model, chain)}
@@ -62,8 +64,7 @@ def run(args) -> int:
         chain = None
         written = onnx_io.export(model, args.out, variants, eps=args.eps, input_shape=shape, opset=args.opset)
     if chain is None:
-        from .graph import find_chain
-        chain = find_chain(model, model.config.input_shape)
+        chain = find_torch_chain(model, model.config.input_shape)
     print(f"vbp export: {len(chain.links)} post-ReLU conv maps ({', '.join(chain.names)})")
     for variant, path in written.items():
         print(f"  {variant:4s} -> {path} ({Path(path).stat().st_size / 1e6:.1f} MB)")

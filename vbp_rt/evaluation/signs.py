@@ -11,7 +11,7 @@ Ties in a mask (e.g. the zeros of Grad-CAM's positive part) are broken at random
 
 `vbp eval` adds this as one table (sign_keep_top.csv); alone:
 
-    python -m vbp_rt.eval_signs --images 430 --out eval-signs
+    python -m vbp_rt.evaluation.signs --images 430 --out eval-signs
 """
 from __future__ import annotations
 
@@ -22,8 +22,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import evaluation as ev
-from .eval_report import Table
+from vbp_rt import methods as registry
+from vbp_rt.data.signs import generate
+from vbp_rt.dispatch import explain
+from vbp_rt.evaluation import metrics as ev
+from vbp_rt.evaluation.report import Table, atomic_write
+from vbp_rt.methods import parse_methods
+from vbp_rt.models import load_model, outputs, to_input
 
 SEED = 2  # trainer.signs trains on seed 0 and validates on seed 1
 TOP = 5
@@ -55,10 +60,7 @@ def mean_se_ci(values: np.ndarray, rng) -> tuple:
 def sign_table(net, specs: dict, count: int, seed: int = SEED, keep: float = 0.3, batch_size: int = 8,
                model_label: str = "sign", bar=None) -> Table:
     """The keep-top table for classifier `net` on `count` generated signs; `specs`: label -> (method, options)."""
-    from data.signs import generate
 
-    from .explain import explain
-    from .models import outputs, to_input
     net.eval()
     if net.config.outputs < TOP:
         raise ValueError(f"the sign section needs a classifier with at least {TOP} outputs; "
@@ -119,7 +121,7 @@ def sign_table(net, specs: dict, count: int, seed: int = SEED, keep: float = 0.3
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vbp_rt.eval_signs",
+    p = argparse.ArgumentParser(prog="python -m vbp_rt.evaluation.signs",
                                 description="Only the sign section of `vbp eval`: keep-top-30% top-5 agreement of "
                                             "every method on the sign classifier; writes OUT/sign_keep_top.csv "
                                             "and .md.")
@@ -133,10 +135,6 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from . import methods as registry
-    from .eval_cmd import parse_methods
-    from .eval_report import atomic_write
-    from .models import load_model
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(a.threads)
     specs = parse_methods(a.methods) if a.methods else {m: (m, {}) for m in registry.available()}

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from vbp_rt import evaluation as ev
-from vbp_rt.models import NetConfig, build
 from tests.conftest import randomize_bn
+from vbp_rt.evaluation import metrics as ev
+from vbp_rt.models import NetConfig, build
 
 
 def lane_and_distractor(h=20, w=30):

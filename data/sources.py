@@ -1,8 +1,9 @@
 """Where frames come from: video files, cameras, HDF5 drives from `vbp data`, image folders.
 
-Every source has `kind`, `name`, `length` (None for a live camera), `fps`, `live` and `read(index) -> Frame`.
-A frame that cannot be decoded raises `BadFrame` (the player counts it and goes on); the end of a
-stream raises `EndOfSource`; a camera that stops delivering raises `SourceLost`.
+Every source has `kind`, `name`, `length` (None for a live camera), `fps`, `live`, `read(index) -> Frame` and
+`label(index)` (what a result file names the frame by). A frame that cannot be decoded raises `BadFrame` (the
+reader counts it and goes on); the end of a stream raises `EndOfSource`; a camera that stops delivering raises
+`SourceLost`. The viewer plays sources; `vbp explain` and the audit read them to the end with `iter_frames`.
 """
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vbp_rt.explain_cmd import IMAGE_SUFFIXES, STORE_SUFFIXES, VIDEO_SUFFIXES
+from .store import StoreReader
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v"}
+STORE_SUFFIXES = {".h5", ".hdf5"}
 
 CAMERA_FAILURES = 30  # consecutive failed reads after which a camera counts as gone
 
@@ -76,6 +81,9 @@ class VideoSource:
                               f"(truncated or corrupt file)" if truncated else "")
         raise BadFrame(f"video {self.path}: frame {index} cannot be decoded")
 
+    def label(self, index: int) -> str:
+        return f"{self.path}#{index}"
+
     def close(self) -> None:
         self.cap.release()
 
@@ -93,6 +101,9 @@ class CameraSource:
             raise ValueError(f"camera {index} does not exist or cannot be opened")
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
         self._failures = 0
+
+    def label(self, index: int) -> str:
+        return f"camera{self.index}#{index}"
 
     def read(self, index: int) -> Frame:
         ok, frame = self.cap.read()
@@ -126,10 +137,15 @@ class ImageFolderSource:
 
     def read(self, index: int) -> Frame:
         f = self.files[index]
-        image = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        image = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
         if image is None or image.size == 0:
             raise BadFrame(f"image {f} cannot be decoded")
+        if image.dtype != np.uint8:  # 16-bit or float images: stretch their range to 8 bits
+            image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
         return Frame(index, image)
+
+    def label(self, index: int) -> str:
+        return str(self.files[index])
 
     def close(self) -> None:
         pass
@@ -146,7 +162,6 @@ class StoreSource:
     live = False
 
     def __init__(self, path, view: str):
-        from data.store import StoreReader
         self.path = Path(path)
         self.name = self.path.name
         self.reader = StoreReader(self.path)
@@ -189,6 +204,9 @@ class StoreSource:
                 camera = None
         return Frame(index, image, truth if np.isfinite(truth) else None, prepared=True, camera=camera)
 
+    def label(self, index: int) -> str:
+        return f"{self.path}#{index}"
+
     def close(self) -> None:
         self.reader.close()
         if self.camera is not None:
@@ -216,3 +234,20 @@ def open_source(spec, view: str):
         return VideoSource(path)
     raise ValueError(f"source {path}: unknown kind (videos: {', '.join(sorted(VIDEO_SUFFIXES))}; drives: .h5; "
                      f"images: {', '.join(sorted(IMAGE_SUFFIXES))}; or a folder of images)")
+
+
+def iter_frames(source, on_bad=None, on_end=None):
+    """Every frame of a finite source, in order. A frame that cannot be read is skipped after
+    `on_bad(index, message)`; a stream that ends early calls `on_end(message)`."""
+    index = 0
+    while source.length is None or index < source.length:
+        try:
+            yield source.read(index)
+        except BadFrame as e:
+            if on_bad is not None:
+                on_bad(index, str(e))
+        except EndOfSource as e:
+            if str(e) and on_end is not None:
+                on_end(str(e))
+            return
+        index += 1

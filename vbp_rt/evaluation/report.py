@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vbp_rt.overlay import overlay
+
 
 @dataclass
 class Table:
@@ -101,7 +103,6 @@ def example_grid(path: Path, images: np.ndarray, lane: np.ndarray | None, masks:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .overlay import overlay
     cols = [("ground truth", None)] + list(masks.items())
     n = len(images)
     fig, axes = plt.subplots(len(cols), n, figsize=(4.2 * n, 1.15 * len(cols)), squeeze=False)

@@ -1,0 +1,59 @@
+"""The `vbp` command: thin dispatch to the subcommands of each front end.
+
+Only the chosen subcommand's module is imported (each exposes `add_parser(subparsers)`), so `vbp view` does not
+pay for the trainer's or the evaluation's imports, and `vbp --help` for none of them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module exposing add_parser(subparsers), one-line help for `vbp --help`)
+SUBCOMMANDS = {
+    "explain": ("vbp_rt.cli.explain", "write predictions and masks for images, folders, videos or a data store"),
+    "export": ("vbp_rt.cli.export", "write ONNX models: maps exposed, VBP in the graph, LRP in the graph"),
+    "data": ("vbp_rt.data.cli", "make HDF5 driving stores (synthetic drives, Udacity ingest)"),
+    "eval": ("vbp_rt.evaluation.cli", "measure the faithfulness of every attribution method (Markdown/CSV/PNG report)"),
+    "train": ("vbp_rt.trainer.cli", "train NetSVF/NetHVF on an HDF5 store (or resume a run)"),
+    "view": ("vbp_rt.viewer.cli", "watch what a driving network looks at: video, camera, drive or image folder, live"),
+    "bench": ("vbp_rt.bench.cli", "latency of forward, VBP, LRP and other libraries' methods; the viewer's frame rate"),
+}
+
+
+def _chosen(argv) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option), if it is one of ours."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The parser, with the full options of the subcommand `argv` names (all of them when `argv` is None)."""
+    parser = argparse.ArgumentParser(
+        prog="vbp",
+        description="vbp-rt: see which pixels a driving CNN looks at (VisualBackProp, LRP and friends).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    chosen = _chosen(argv) if argv is not None else None
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        if argv is None or name == chosen:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as e:
+        print(f"vbp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vbp {args.command}: interrupted", file=sys.stderr)
+        return 130

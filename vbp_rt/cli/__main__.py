@@ -1,0 +1,6 @@
+"""`python -m vbp_rt.cli`: the `vbp` command."""
+import sys
+
+from vbp_rt.cli import main
+
+sys.exit(main())
