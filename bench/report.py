@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from vbp_rt.extras import pyplot
+
 FORMAT = "vbp-rt-bench"
 TARGET_MODEL, TARGET_BACKEND, TARGET_BATCH = "netsvf", "ort-cpu", 1
 LATENCY_COLUMNS = ("kind", "model", "weights", "backend", "batch", "library", "method", "median", "p95", "iqr",
@@ -166,9 +168,7 @@ def table(doc: dict) -> str:
 
 def plot(doc: dict, path: Path) -> None:
     """One PNG: per-image cost by method and backend, the peers, batch scaling and the viewer's frame rate."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the plot of vbp bench")
     rows = max(len(doc["latency"]), len(doc["peers"]))
     fig, axes = plt.subplots(2, 2, figsize=(15, 9 + 0.12 * max(0, rows - 20)))
     _plot_methods(axes[0][0], doc["latency"])

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..extras import require
 from .preprocess import REFERENCE_H, REFERENCE_W, View, prepare
 from .road import STEERING_RATIO
 from .store import StoreWriter
@@ -161,10 +162,9 @@ def decode_raw_image(msg, label: str) -> np.ndarray:
 
 
 def _typestore():
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-    store = get_typestore(Stores.ROS1_NOETIC)
-    store.register(get_types_from_msg(STEERING_MSG, STEERING_TYPE))
+    typesys = require("rosbags.typesys", "ingest", "reading ROS bags")
+    store = typesys.get_typestore(typesys.Stores.ROS1_NOETIC)
+    store.register(typesys.get_types_from_msg(STEERING_MSG, STEERING_TYPE))
     return store
 
 
@@ -176,8 +176,8 @@ def _stamp(msg, fallback_ns: int) -> float:
 
 
 def bag_source(paths: list[Path], root: Path, angle_unit: str = "rad") -> Source:
-    from rosbags.highlevel import AnyReader, AnyReaderError
-
+    highlevel = require("rosbags.highlevel", "ingest", "reading ROS bags")
+    AnyReader, AnyReaderError = highlevel.AnyReader, highlevel.AnyReaderError
     typestore = _typestore()
     t, angle, speed, bad = [], [], [], []
     cams, total = [], 0
@@ -221,8 +221,7 @@ def bag_source(paths: list[Path], root: Path, angle_unit: str = "rad") -> Source
 
 
 def _bag_frames(cams, typestore):
-    from rosbags.highlevel import AnyReader
-
+    AnyReader = require("rosbags.highlevel", "ingest", "reading ROS bags").AnyReader
     index = 0
     for path, topic in cams:
         with AnyReader([path], default_typestore=typestore) as reader:

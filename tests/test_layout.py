@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import vbp_rt
+from vbp_rt.cli import SUBCOMMANDS, main
+from vbp_rt.extras import MissingExtra, pyplot, require
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"vbp_rt": ROOT / "vbp_rt", "vbp_rt.data": ROOT / "data", "vbp_rt.trainer": ROOT / "trainer",
@@ -212,10 +214,33 @@ def test_wheel_holds_one_top_level_name(tmp_path):
 
 
 def test_explain_rejects_an_option_the_method_does_not_take():
-    net = vbp_rt.build("netsvf")
+    net = vbp_rt.build("netsvf").eval()
     x = torch.rand(1, 1, 135, 640)
     with pytest.raises(ValueError, match=r"'lrp' has no option\(s\) esp; it takes: eps, target, bn"):
         vbp_rt.explain(net, x, "lrp", esp=1.0)
     with pytest.raises(ValueError, match=r"'vbp' has no option\(s\) eps; it takes: no options"):
         vbp_rt.explain(net, x, "vbp", eps=1.0)
     assert vbp_rt.explain(net, x, "lrp", eps=1.0).mask.shape == (1, 135, 640)
+
+
+@pytest.mark.parametrize("module, extra, call", [
+    ("rosbags.highlevel", "ingest", lambda: require("rosbags.highlevel", "ingest", "reading ROS bags")),
+    ("matplotlib", "report", lambda: pyplot("the plots of vbp eval")),
+    ("PyQt5.QtWidgets", "viewer", lambda: require("PyQt5.QtWidgets", "viewer", "the vbp view window")),
+])
+def test_a_missing_extra_is_named(monkeypatch, module, extra, call):
+    monkeypatch.setitem(sys.modules, module, None)  # what Python does for a module that is not installed
+    with pytest.raises(MissingExtra, match=rf"pip install 'vbp-rt\[{extra}\]'"):
+        call()
+
+
+def test_the_cli_reports_a_missing_extra_in_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(SUBCOMMANDS, "plotless", ("tests.test_layout", "a subcommand that plots"))
+    assert main(["plotless"]) == 2
+    assert "vbp plotless: error: a test plot needs matplotlib" in capsys.readouterr().err
+
+
+def add_parser(sub) -> None:
+    """The `plotless` subcommand of the test above."""
+    sub.add_parser("plotless").set_defaults(func=lambda _args: pyplot("a test plot"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vbp_rt.data.sources import open_source
 
+from vbp_rt.extras import require
 from vbp_rt.methods import parse_methods
 from vbp_rt.overlay import COLORMAPS
 
@@ -118,7 +119,9 @@ def run(args) -> int:
                                speed=args.speed, frames=args.frames, opacity=args.opacity, colormap=args.colormap,
                                summary_path=args.summary)
         return 1 if summary["errors"] or not summary["frames"] else 0
-    from .app import run_app
+    require("PyQt5.QtWidgets", "viewer", "the vbp view window")
+    require("pyqtgraph", "viewer", "the vbp view window")
+    from .app import run_app  # Qt: imported only when a window is opened
     return run_app(make, runtime, source_spec, methods=methods, backend=args.backend, realtime=args.realtime is not False,
                    speed=args.speed, opacity=args.opacity, colormap=args.colormap, save_dir=args.save_dir,
                    monitor=args.monitor)

@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from vbp_rt.extras import MissingExtra
+
 # name -> (module exposing add_parser(subparsers), one-line help for `vbp --help`)
 SUBCOMMANDS = {
     "explain": ("vbp_rt.cli.explain", "write predictions and masks for images, folders, videos or a data store"),
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, MissingExtra) as e:
         print(f"vbp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

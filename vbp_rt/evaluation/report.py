@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vbp_rt.extras import pyplot
 from vbp_rt.overlay import overlay
 
 
@@ -77,9 +78,7 @@ def save_figure(fig, path: Path, dpi: int = 90, colors: int = 0) -> None:
 
 def line_plot(path: Path, x, curves: dict, xlabel: str, ylabel: str, title: str, xticks=None) -> None:
     """One line per entry of `curves` (label -> y values, or (y, style) to set the matplotlib style)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the plots of vbp eval")
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, y in curves.items():
         y, style = y if isinstance(y, tuple) else (y, "-")
@@ -99,9 +98,7 @@ def line_plot(path: Path, x, curves: dict, xlabel: str, ylabel: str, title: str,
 def example_grid(path: Path, images: np.ndarray, lane: np.ndarray | None, masks: dict, stretch: float = 99.0) -> None:
     """Columns: frames; rows: the lane ground truth, then each method's overlay. For display only, each mask is
     divided by its `stretch` percentile and clipped (a few peak pixels would otherwise hide the rest)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the plots of vbp eval")
 
     cols = [("ground truth", None)] + list(masks.items())
     n = len(images)
