@@ -146,7 +146,8 @@ def probe_frames(path, view: str, indices: np.ndarray, count: int) -> dict:
         return {"image": images, "angle": r.angle[pick].astype(np.float32), "index": pick}
 
 
-def to_input(images: torch.Tensor, model: ConvNet, device) -> torch.Tensor:
+def batch_on_device(images: torch.Tensor, model: ConvNet, device) -> torch.Tensor:
+    """A uint8 image batch (N,H,W) from the loader -> the network's input (N,1,H,W) on `device`."""
     return images.to(device, non_blocking=True).unsqueeze(1).float() * model.config.input_scale
 
 
@@ -260,7 +261,7 @@ class Trainer:
         sq, n = 0.0, 0
         with torch.no_grad():
             for images, angles in loader(self.val_data, batches, self.cfg.workers):
-                out = self.model(to_input(images, self.model, self.ctx.device))
+                out = self.model(batch_on_device(images, self.model, self.ctx.device))
                 pred = self.degrees(out)[:, 0].cpu().double()
                 sq += float(((pred - angles.double()) ** 2).sum())
                 n += len(angles)
@@ -275,7 +276,7 @@ class Trainer:
         probe = self.runlog.file["probe"]["image"][()]
         if len(probe):
             self.model.eval()
-            x = to_input(torch.from_numpy(probe), self.model, self.ctx.device)
+            x = batch_on_device(torch.from_numpy(probe), self.model, self.ctx.device)
             e = explain(self.model, x, "vbp")
             self.model.train()
             masks = e.mask.cpu().numpy().astype(np.float16)
@@ -312,7 +313,7 @@ class Trainer:
                 if images is None:
                     break
                 images, angles = mirror(images, angles, cfg.flip, cfg.seed, epoch, self.pos["batch"])
-                x = to_input(images, self.model, ctx.device)
+                x = batch_on_device(images, self.model, ctx.device)
                 y = (angles.to(ctx.device).unsqueeze(1) - self.target["mean"]) / self.target["std"]
                 loss = torch.nn.functional.mse_loss(self.net(x), y)
                 self.opt.zero_grad(set_to_none=True)
