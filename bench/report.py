@@ -8,11 +8,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from vbp_rt.extras import pyplot
+from vbp_rt.files import atomic_write
 
 FORMAT = "vbp-rt-bench"
 TARGET_MODEL, TARGET_BACKEND, TARGET_BATCH = "netsvf", "ort-cpu", 1
@@ -80,19 +79,6 @@ def document(settings: dict, environment: dict, rows: list, pipeline: list, note
     return {"format": FORMAT, "version": 1, "settings": settings, "environment": environment,
             "latency": [r for r in rows if r["kind"] == "latency"], "peers": [r for r in rows if r["kind"] == "peer"],
             "pipeline": pipeline, "ratios": ratios(rows), "targets": targets(rows, pipeline), "notes": notes}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _csv(rows, columns) -> bytes:
@@ -183,7 +169,7 @@ def plot(doc: dict, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _smallest_batch(rows):
@@ -258,8 +244,8 @@ def write(doc: dict, out_dir) -> dict:
     out = Path(out_dir)
     paths = {"json": out / "bench.json", "csv": out / "latency.csv", "pipeline_csv": out / "pipeline.csv",
              "png": out / "bench.png"}
-    _atomic_write(paths["json"], (json.dumps(doc, indent=2) + "\n").encode())
-    _atomic_write(paths["csv"], _csv(doc["latency"] + doc["peers"], LATENCY_COLUMNS))
-    _atomic_write(paths["pipeline_csv"], _csv(pipeline_csv_rows(doc["pipeline"]), PIPELINE_COLUMNS))
+    atomic_write(paths["json"], (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write(paths["csv"], _csv(doc["latency"] + doc["peers"], LATENCY_COLUMNS))
+    atomic_write(paths["pipeline_csv"], _csv(pipeline_csv_rows(doc["pipeline"]), PIPELINE_COLUMNS))
     plot(doc, paths["png"])
     return paths

@@ -15,6 +15,7 @@ import torch
 import vbp_rt
 from vbp_rt.cli import SUBCOMMANDS, main
 from vbp_rt.extras import MissingExtra, pyplot, require
+from vbp_rt.files import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"vbp_rt": ROOT / "vbp_rt", "vbp_rt.data": ROOT / "data", "vbp_rt.trainer": ROOT / "trainer",
@@ -249,3 +250,15 @@ def test_the_cli_reports_a_missing_extra_in_one_line(monkeypatch, capsys):
 def add_parser(sub) -> None:
     """The `plotless` subcommand of the test above."""
     sub.add_parser("plotless").set_defaults(func=lambda _args: pyplot("a test plot"))
+
+
+def test_atomic_write_replaces_whole_and_follows_the_umask(tmp_path):
+    target = tmp_path / "out" / "table.csv"
+    atomic_write(target, b"old")
+    old = os.umask(0o027)
+    try:
+        atomic_write(target, b"new")
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"new" and (target.stat().st_mode & 0o777) == 0o640
+    assert [p.name for p in target.parent.iterdir()] == ["table.csv"]  # no temporary file left

@@ -4,14 +4,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from vbp_rt.extras import pyplot
+from vbp_rt.files import atomic_write
 from vbp_rt.overlay import overlay
 
 
@@ -48,20 +47,6 @@ def fmt(v) -> str:
             return "n/a"
         return f"{v:.3g}" if 0 < abs(v) < 0.01 else f"{v:.3f}"
     return str(v).replace("|", "\\|")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_figure(fig, path: Path, dpi: int = 90, colors: int = 0) -> None:

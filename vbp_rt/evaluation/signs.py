@@ -26,7 +26,8 @@ from vbp_rt import methods as registry
 from vbp_rt.data.signs import generate
 from vbp_rt.dispatch import explain
 from vbp_rt.evaluation import metrics as ev
-from vbp_rt.evaluation.report import Table, atomic_write
+from vbp_rt.evaluation.report import Table
+from vbp_rt.files import atomic_write
 from vbp_rt.methods import parse_methods
 from vbp_rt.models import load_model, outputs, to_input
 
