@@ -213,6 +213,14 @@ def test_wheel_holds_one_top_level_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"vbp_rt"}
+    site = tmp_path / "site"  # the wheel installed on its own, imported from a folder with its own data packages
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    folder = _foreign_project(tmp_path, "packages")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(site)}
+    code = "import data, vbp_rt.data.store as s, vbp_rt.trainer.runlog as r; assert data.USER; print(s.__file__, r.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True, check=True)
+    assert all(Path(f).is_relative_to(site) for f in done.stdout.split()), done.stdout
     for module in ("vbp_rt/data/store.py", "vbp_rt/data/sources.py", "vbp_rt/trainer/train.py",
                    "vbp_rt/viewer/app.py", "vbp_rt/viewer/widgets/gauge.py", "vbp_rt/bench/cli.py",
                    "vbp_rt/cli/__main__.py", "vbp_rt/weights/netsvf.pt"):
