@@ -24,7 +24,11 @@ EXTRAS = {
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7", "scikit-learn>=1.3"]
 EXTRAS["peers"] = ["captum>=0.7"]  # zennit, grad-cam: pip install --no-deps zennit grad-cam ttach (bench/README.md)
-EXTRAS["gpu"] = ["onnxruntime-gpu>=1.17"]
+# onnxruntime comes from exactly one of these two (vbp_rt/ort_install.py says why and which one a machine
+# needs; scripts/bootstrap.sh adds it to the extras it installs). No other extra names an onnxruntime.
+# 1.18: the CUDA provider's use_tf32 option.
+EXTRAS["cpu"] = ["onnxruntime>=1.18"]
+EXTRAS["gpu"] = ["onnxruntime-gpu>=1.18"]
 
 setup(
     name="vbp-rt",
@@ -43,7 +47,7 @@ setup(
         "opencv-python-headless>=4.8",
         "tqdm>=4.60",
         "onnx>=1.15",
-        "onnxruntime>=1.17",
+        # onnxruntime: extra [cpu] or [gpu], never both (they overwrite each other's files)
         "onnxscript>=0.1",
     ],
     extras_require=EXTRAS,

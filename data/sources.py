@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
+from .images import CorruptImage, read_image
 from .store import StoreReader
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
@@ -47,45 +49,97 @@ class Frame:
 
 
 class VideoSource:
+    """A video file decoded with FFmpeg (PyAV). A frame that does not decode, or decodes with errors, is a
+    `BadFrame` and reading goes on with the next one; a file that ends before the frame count its header
+    announces (cut short) raises `EndOfSource` with a message saying so. Frames are numbered by timestamp."""
+
     kind = "video"
     live = False
+    SEEK_AHEAD = 50  # frames: a request further ahead than this seeks instead of decoding through
+    DEMUX_ERRORS = 100  # consecutive unreadable packets after which the rest of the file counts as missing
 
     def __init__(self, path):
         self.path = Path(path)
         self.name = self.path.name
-        self.cap = cv2.VideoCapture(str(self.path))
-        if not self.cap.isOpened():
-            raise ValueError(f"cannot open video {self.path} (not a video, or a codec OpenCV cannot decode)")
-        ok, _ = self.cap.read()
-        if not ok:
-            self.cap.release()
-            raise ValueError(f"video {self.path} opens but its first frame cannot be decoded")
-        self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-        count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        try:
+            self.container = av.open(str(self.path))
+        except (av.FFmpegError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot open video {self.path} (not a video, or a codec FFmpeg cannot decode: "
+                             f"{e})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise ValueError(f"cannot open video {self.path}: it has no video stream")
+        self.stream = self.container.streams.video[0]
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        self.fps = float(rate) if rate else 25.0
+        self._tb = float(self.stream.time_base or 0) or 1.0 / self.fps
+        self._start = self.stream.start_time or 0
+        count = self.stream.frames
+        if not count and self.stream.duration:
+            count = round(self.stream.duration * self._tb * self.fps)
         self.length = count if count > 0 else None
-        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 25.0
-        self._next = 0
+        self._frames = self._decode()
+        self._pending = next(self._frames, None)  # (index, av frame or None when decoded with errors)
+        self._after = 0  # the index after the last frame taken from the decoder
+        if self._pending is None:
+            self.container.close()
+            raise ValueError(f"video {self.path} opens but none of its frames can be decoded")
+
+    def _decode(self):
+        """(index, frame or None for a frame decoded with errors) in decoding order, past unreadable packets."""
+        packets = self.container.demux(self.stream)
+        errors, last = 0, None
+        while errors < self.DEMUX_ERRORS:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.FFmpegError:
+                errors += 1
+                packets = self.container.demux(self.stream)
+                continue
+            errors = 0
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                continue
+            for f in frames:
+                last = round((f.pts - self._start) * self._tb * self.fps) if f.pts is not None else \
+                    (0 if last is None else last + 1)
+                yield last, (None if f.is_corrupt else f)
+
+    def _seek(self, index: int) -> None:
+        self.container.seek(self._start + int(index / self.fps / self._tb), stream=self.stream)
+        self._frames, self._pending, self._after = self._decode(), None, 0
 
     def read(self, index: int) -> Frame:
-        sequential = index == self._next
-        if not sequential:
-            self.cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, frame = self.cap.read()
-        self._next = index + 1
-        if ok and frame is not None:
-            return Frame(index, frame)
-        if sequential:
-            announced, self.length = self.length, index
-            truncated = announced is not None and index < announced - 1
-            raise EndOfSource(f"video {self.path} ends at frame {index} although its header announces {announced} "
-                              f"(truncated or corrupt file)" if truncated else "")
-        raise BadFrame(f"video {self.path}: frame {index} cannot be decoded")
+        position = self._pending[0] if self._pending is not None else self._after
+        if index < position or index > position + self.SEEK_AHEAD:
+            self._seek(index)
+        while self._pending is None or self._pending[0] < index:
+            self._pending = next(self._frames, None)
+            if self._pending is None:
+                return self._ended(index)
+            self._after = self._pending[0] + 1
+        got, frame = self._pending
+        if got > index:
+            raise BadFrame(f"video {self.path}: frame {index} cannot be decoded")
+        self._pending = None
+        if frame is None:
+            raise BadFrame(f"video {self.path}: frame {index} is damaged (decoded with errors)")
+        return Frame(index, frame.to_ndarray(format="bgr24"))
+
+    def _ended(self, index: int):
+        announced, self.length = self.length, index
+        truncated = announced is not None and index < announced - 1
+        raise EndOfSource(f"video {self.path} ends at frame {index} although its header announces {announced} "
+                          f"(truncated or corrupt file)" if truncated else "")
 
     def label(self, index: int) -> str:
         return f"{self.path}#{index}"
 
     def close(self) -> None:
-        self.cap.release()
+        self.container.close()
 
 
 class CameraSource:
@@ -137,11 +191,12 @@ class ImageFolderSource:
 
     def read(self, index: int) -> Frame:
         f = self.files[index]
-        image = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
-        if image is None or image.size == 0:
-            raise BadFrame(f"image {f} cannot be decoded")
-        if image.dtype != np.uint8:  # 16-bit or float images: stretch their range to 8 bits
-            image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
+        try:
+            image = read_image(f)
+        except CorruptImage as e:
+            raise BadFrame(f"{e}") from None
+        except OSError as e:
+            raise BadFrame(f"image {f} cannot be read ({e.strerror or e})") from None
         return Frame(index, image)
 
     def label(self, index: int) -> str:

@@ -1,48 +1,52 @@
 """Udacity driving data -> the HDF5 store: `vbp data udacity SOURCE --out FILE.h5`.
 
-As in the VisualBackProp paper: centre camera only, steering and speed interpolated to each image's
-timestamp, frames at 5 m/s or slower dropped, then gray, lower crop and scale to each view
-(data.preprocess). Angles are stored as steering wheel degrees, positive to the left.
+As in the VisualBackProp paper: one camera (the centre camera unless `camera` names another), steering and
+speed interpolated to each image's timestamp, frames at 5 m/s or slower dropped, then gray, lower crop and
+scale to each view (data.preprocess). Angles are stored as steering wheel degrees, positive to the left.
 
-Sources (detected from SOURCE):
-- ROS1 bags (a .bag file or a folder of them), read with `rosbags`: images from
-  /center_camera/image_color/compressed (JPEG/PNG) or /center_camera/image_color (raw, incl. Bayer),
+Formats (recognised by their content, not their file names; docs/data.md has a table per format):
+- "bag": ROS1 bags (a .bag file or a folder of them), read with `rosbags`: images from
+  /<camera>/image_color/compressed (JPEG/PNG) or /<camera>/image_color (raw, incl. Bayer),
   /vehicle/steering_report (dbw_mkz_msgs/SteeringReport: steering_wheel_angle in radians, speed m/s);
-- bagdump folders: interpolated.csv (index,timestamp,width,height,frame_id,filename,angle,torque,speed,...)
-  or camera.csv + steering.csv; timestamps in ns, angle in radians unless --angle-unit deg;
-- the Udacity simulator's driving_log.csv (center,left,right,steering,throttle,brake,speed; header optional):
-  steering in [-1, 1], positive to the right, times --sim-max-angle road wheel degrees (25 by default)
-  times the steering ratio 14.8; speed in mph;
-- the comma.ai research layout: camera/*.h5 (X: N,3,H,W) with log/*.h5 of the same name
-  (cam1_ptr, steering_angle in steering wheel degrees, speed in m/s, times in s).
-Bad frames are reported, skipped and counted (attribute bad_frames); nothing usable is an error.
+- "camera-steering" and "interpolated": the CSVs udacity-driving-reader's bagdump.py writes (camera.csv +
+  steering.csv, and interpolated.csv whose first column is a date-time index); timestamps in ns, angle in
+  radians unless angle_unit "deg";
+- "simulator": the Udacity simulator's driving_log.csv (center,left,right,steering,throttle,brake,speed;
+  header optional): steering in [-1, 1], positive to the right, times sim_max_angle road wheel degrees
+  times the steering ratio 14.8; speed in mph; time from the image names, read as wall-clock time;
+- "comma": the comma.ai research layout: camera/*.h5 (X: N,3,H,W) with log/*.h5 of the same name
+  (cam1_ptr, steering_angle in tenths of a degree with positive to the right, speed m/s, times s).
+Frames keep the source's order. A new session starts where time goes backwards or jumps forward by more
+than SESSION_GAP; steering is never interpolated across such a gap. Bad frames are reported, skipped and
+counted; nothing usable is an error.
 """
 from __future__ import annotations
 
 import csv
 import math
 import re
-import sys
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ..extras import require
-from .preprocess import REFERENCE_H, REFERENCE_W, View, prepare
 from .road import STEERING_RATIO
-from .store import StoreWriter
 
 MIN_SPEED = 5.0  # m/s; slower frames are dropped (paper)
 MPH = 0.44704  # m/s per mph
 MAX_GAP = 0.25  # s: a frame further than this from any steering measurement cannot be labelled
-CAMERA_TOPICS = ("/center_camera/image_color/compressed", "/center_camera/image_color")
+SESSION_GAP = 1.0  # s: a larger forward jump, or any backward one, starts a new session
+SIM_PERIOD = 1 / 15  # s between simulator samples (CarController.Sample), for logs without times in names
+CENTRE_CAMERA = "center_camera"
+CENTRE_IDS = ("center_camera", "center")  # bagdump frame_id of the centre camera, with or without "/"
 STEERING_TOPIC = "/vehicle/steering_report"
 STEERING_TYPE = "dbw_mkz_msgs/msg/SteeringReport"
+IMAGE_TYPES = ("sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Image")
 STEERING_MSG = """\
 std_msgs/Header header
 float32 steering_wheel_angle
@@ -58,7 +62,16 @@ bool fault_bus2
 bool fault_calibration
 bool fault_connector
 """
-SHOWN_REASONS = 20  # bad frames printed individually; the rest are only counted
+FORMATS = {"bag": "ROS1 bags", "camera-steering": "bagdump camera.csv + steering.csv",
+           "interpolated": "bagdump interpolated.csv", "simulator": "simulator driving log",
+           "comma": "comma.ai camera/ + log/"}
+LFS_MAGIC = b"version https://git-lfs.github.com/spec/"
+BAG_MAGIC = b"#ROSBAG V2.0"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+BAGDUMP_IMAGE = ["timestamp", "width", "height", "frame_id", "filename"]
+BAGDUMP_STEERING = ["timestamp", "angle", "speed"]
+SIM_COLUMNS = ["center", "left", "right", "steering", "throttle", "brake", "speed"]
 
 
 class BadFrame(Exception):
@@ -67,7 +80,7 @@ class BadFrame(Exception):
 
 @dataclass
 class Sample:
-    """One centre-camera frame before decoding."""
+    """One camera frame before decoding."""
 
     timestamp: float  # s
     frame_id: int
@@ -87,17 +100,22 @@ class Measurements:
     speed: np.ndarray  # m/s
 
     def at(self, t: float):
-        """(angle, speed) at t, or None when no measurement is within MAX_GAP of t."""
+        """(angle, speed) at t, or None when no measurement is within MAX_GAP of t. Interpolates between the
+        two measurements around t only when they are at most SESSION_GAP apart, else takes the nearer one."""
         i = int(np.searchsorted(self.t, t))
-        near = min(abs(self.t[j] - t) for j in (i - 1, i) if 0 <= j < len(self.t))
-        if near > MAX_GAP:
+        around = [j for j in (i - 1, i) if 0 <= j < len(self.t)]
+        near = min(around, key=lambda j: abs(self.t[j] - t))
+        if abs(self.t[near] - t) > MAX_GAP:
             return None
-        return float(np.interp(t, self.t, self.angle)), float(np.interp(t, self.t, self.speed))
+        if len(around) == 2 and self.t[i] - self.t[i - 1] <= SESSION_GAP:
+            sl = slice(i - 1, i + 1)
+            return float(np.interp(t, self.t[sl], self.angle[sl])), float(np.interp(t, self.t[sl], self.speed[sl]))
+        return float(self.angle[near]), float(self.speed[near])
 
 
 @dataclass
 class Source:
-    kind: str
+    kind: str  # a FORMATS key
     path: Path
     samples: Iterable[Sample]
     total: int | None
@@ -105,6 +123,26 @@ class Source:
     fps: float = 20.0
     notes: dict = field(default_factory=dict)
     bad: list = field(default_factory=list)  # reasons found while listing the source
+    rows: int = 0  # records read: CSV rows, image messages, camera frames
+    other_cameras: dict = field(default_factory=dict)  # frame id or topic -> records of cameras not used
+
+
+# ---------------------------------------------------------------- files
+
+
+def head_bytes(path: Path, n: int = 64) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or e})") from None
+
+
+def refuse_lfs_pointer(path: Path, what: str) -> None:
+    """A Git LFS pointer (the small text file Git keeps instead of a large one) is named as such."""
+    if head_bytes(path).startswith(LFS_MAGIC):
+        raise ValueError(f"{path} is a Git LFS pointer, not the {what} itself: fetch the file with `git lfs pull` "
+                         f"in the repository it came from")
 
 
 # ---------------------------------------------------------------- decoding
@@ -128,6 +166,8 @@ def _read_image_file(path: Path, label: str) -> np.ndarray:
         data = path.read_bytes()
     except OSError as e:
         raise BadFrame(f"{label}: cannot be read ({e.strerror or e})") from None
+    if data.startswith(LFS_MAGIC):
+        raise BadFrame(f"{label}: a Git LFS pointer, not the image (fetch it with `git lfs pull`)")
     return decode_image_bytes(data, label)
 
 
@@ -158,6 +198,32 @@ def decode_raw_image(msg, label: str) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+# ---------------------------------------------------------------- cameras
+
+
+def _is_camera(frame_id: str, camera: str | None) -> bool:
+    fid = frame_id.strip().strip("/")
+    return fid in CENTRE_IDS if camera is None else fid == camera.strip().strip("/")
+
+
+def _camera_text(camera: str | None) -> str:
+    return "the centre camera (frame_id center_camera)" if camera is None else f"camera {camera!r}"
+
+
+def counts_text(counts: dict) -> str:
+    return ", ".join(f"{k or '(empty)'} ({n})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _select_camera(frame_ids: list[str], camera: str | None, where: Path) -> tuple[list[int], dict]:
+    """Positions of the rows of `camera` and the counts of the other frame ids; no such row is an error."""
+    keep = [i for i, fid in enumerate(frame_ids) if _is_camera(fid, camera)]
+    others = dict(Counter(fid for fid in frame_ids if not _is_camera(fid, camera)))
+    if frame_ids and not keep:
+        raise ValueError(f"{where}: no rows of {_camera_text(camera)}; frame ids present: {counts_text(others)}; "
+                         f"choose one with --camera FRAME_ID")
+    return keep, others
+
+
 # ---------------------------------------------------------------- ROS1 bags
 
 
@@ -175,24 +241,38 @@ def _stamp(msg, fallback_ns: int) -> float:
     return fallback_ns * 1e-9
 
 
-def bag_source(paths: list[Path], root: Path, angle_unit: str = "rad") -> Source:
+def _camera_topics(camera: str | None) -> list[str]:
+    if camera and camera.startswith("/") and "/image" in camera:
+        return [camera]
+    name = (camera or CENTRE_CAMERA).strip("/")
+    return [f"/{name}/image_color/compressed", f"/{name}/image_color"]
+
+
+def bag_source(paths: list[Path], root: Path, angle_unit: str = "rad", camera: str | None = None) -> Source:
     highlevel = require("rosbags.highlevel", "ingest", "reading ROS bags")
     AnyReader, AnyReaderError = highlevel.AnyReader, highlevel.AnyReaderError
     typestore = _typestore()
     t, angle, speed, bad = [], [], [], []
-    cams, total = [], 0
+    cams, total, rows, others = [], 0, 0, Counter()
+    wanted = _camera_topics(camera)
     for path in paths:
+        refuse_lfs_pointer(path, "ROS1 bag")
         try:
             with AnyReader([path], default_typestore=typestore) as reader:
                 topics = {c.topic: c for c in reader.connections}
+                images = Counter()
+                for c in reader.connections:
+                    if c.msgtype in IMAGE_TYPES:
+                        images[c.topic] += c.msgcount
                 steer = [c for c in reader.connections if c.topic == STEERING_TOPIC]
-                cam_topic = next((tp for tp in CAMERA_TOPICS if tp in topics), None)
+                cam_topic = next((tp for tp in wanted if tp in topics), None)
                 if not steer:
                     raise ValueError(f"bag {path} has no {STEERING_TOPIC} topic (dbw_mkz_msgs/SteeringReport); "
                                      f"its topics: {', '.join(sorted(topics)) or 'none'}")
                 if cam_topic is None:
-                    raise ValueError(f"bag {path} has no centre camera topic ({' or '.join(CAMERA_TOPICS)}); "
-                                     f"its topics: {', '.join(sorted(topics)) or 'none'}")
+                    raise ValueError(f"bag {path} has no topic of {_camera_text(camera)} ({' or '.join(wanted)}); "
+                                     f"its image topics: {counts_text(images) or 'none'}; "
+                                     f"choose one with --camera NAME or --camera /TOPIC")
                 for conn, ts, raw in reader.messages(connections=steer):
                     try:
                         msg = reader.deserialize(raw, conn.msgtype)
@@ -206,18 +286,20 @@ def bag_source(paths: list[Path], root: Path, angle_unit: str = "rad") -> Source
                     t.append(_stamp(msg, ts))
                     angle.append(math.degrees(a) if angle_unit == "rad" else a)
                     speed.append(v)
-                cam_conns = [c for c in reader.connections if c.topic == cam_topic]
                 cams.append((path, cam_topic))
-                total += sum(c.msgcount for c in cam_conns)
+                total += images[cam_topic]
+                rows += sum(images.values())
+                others.update({tp: n for tp, n in images.items() if tp != cam_topic})
         except AnyReaderError as e:
             raise ValueError(f"{path} is not a readable ROS1 bag ({e})") from None
     if not t:
         raise ValueError(f"no usable {STEERING_TOPIC} messages in {', '.join(map(str, paths))}")
-    order = np.argsort(t)
+    order = np.argsort(t, kind="stable")
     meas = Measurements(np.array(t)[order], np.array(angle)[order], np.array(speed)[order])
-    return Source("ros1-bag", root, _bag_frames(cams, typestore), total, meas,
+    return Source("bag", root, _bag_frames(cams, typestore), total, meas, bad=bad, rows=rows,
+                  other_cameras=dict(others),
                   notes={"camera_topics": sorted({tp for _, tp in cams}), "steering_topic": STEERING_TOPIC,
-                         "bags": [str(p) for p in paths]}, bad=bad)
+                         "bags": [str(p) for p in paths]})
 
 
 def _bag_frames(cams, typestore):
@@ -234,7 +316,7 @@ def _bag_frames(cams, typestore):
                     yield Sample(ts * 1e-9, index, label, _raise(BadFrame(f"{label}: cannot be deserialized ({e})")))
                     index += 1
                     continue
-                if topic.endswith("/compressed"):
+                if conn.msgtype == IMAGE_TYPES[0]:
                     load = (lambda m=msg, lb=label: decode_image_bytes(m.data.tobytes(), lb))
                 else:
                     load = (lambda m=msg, lb=label: decode_raw_image(m, lb))
@@ -251,24 +333,25 @@ def _raise(exc):
 # ---------------------------------------------------------------- CSV helpers
 
 
-def _read_csv(path: Path, required: list[str]) -> tuple[list[dict], list[int]]:
-    """Rows (dicts) of a CSV with a header that must contain `required`; also their line numbers."""
+def _text_rows(path: Path) -> list[list[str]]:
+    """The non-empty rows of a CSV file, fields stripped; ", " separators are read like ","."""
+    refuse_lfs_pointer(path, "CSV file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found: "
-                                 f"{', '.join(header) or 'no header'}; expected {', '.join(required)})")
-            reader.fieldnames = header
-            rows, lines = [], []
-            for row in reader:
-                rows.append({k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()})
-                lines.append(reader.line_num)
-            return rows, lines
+            return [[c.strip() for c in r] for r in csv.reader(f, skipinitialspace=True) if any(c.strip() for c in r)]
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text CSV file") from None
+
+
+def _read_csv(path: Path, required: list[str]) -> tuple[list[dict], list[int]]:
+    """Rows (dicts) of a CSV with a header that must contain `required`; also their row numbers (1 = header)."""
+    rows = _text_rows(path)
+    header = rows[0] if rows else []
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found: "
+                         f"{', '.join(header) or 'no header'}; expected {', '.join(required)})")
+    return [dict(zip(header, r)) for r in rows[1:]], list(range(2, len(rows) + 1))
 
 
 def _numbers(row: dict, names: list[str], where: str) -> list[float]:
@@ -285,91 +368,155 @@ def _numbers(row: dict, names: list[str], where: str) -> list[float]:
     return out
 
 
-def _is_center(frame_id: str) -> bool:
-    return frame_id in ("center_camera", "center", "/center_camera")
+def _seconds(row: dict, where: str) -> float:
+    """The `timestamp` column (integer nanoseconds, read exactly when integer) in seconds."""
+    text = row.get("timestamp") or ""
+    if text.lstrip("-").isdigit():
+        return int(text) * 1e-9
+    return _numbers(row, ["timestamp"], where)[0] * 1e-9
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def sniff_csv(path: Path) -> str | None:
+    """Which CSV format a file holds, from its header or first row: "interpolated", "camera", "steering",
+    "simulator", or None."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = next((r for r in csv.reader(f, skipinitialspace=True) if any(c.strip() for c in r)), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not first:
+        return None
+    cells = [c.strip() for c in first]
+    cols = set(cells)
+    if set(BAGDUMP_IMAGE) <= cols:
+        return "interpolated" if {"angle", "speed"} <= cols else "camera"
+    if set(BAGDUMP_STEERING) <= cols:
+        return "steering"
+    if set(SIM_COLUMNS) <= {c.lower() for c in cols}:
+        return "simulator"
+    if len(cells) >= len(SIM_COLUMNS) and cells[0].lower().endswith(IMAGE_SUFFIXES) \
+            and all(_is_number(c) for c in cells[3:7]):
+        return "simulator"
+    return None
 
 
 # ---------------------------------------------------------------- bagdump folders
 
 
-def interpolated_source(path: Path, angle_unit: str) -> Source:
-    rows, lines = _read_csv(path, ["timestamp", "width", "height", "frame_id", "filename", "angle", "speed"])
+def interpolated_source(path: Path, angle_unit: str, camera: str | None = None) -> Source:
+    """bagdump's interpolated.csv. Its first column, `index`, is the row's time as a date ("2016-11-17
+    23:10:15.873184606", or only "2016-10-25"): the integer `timestamp` column is used instead."""
+    rows, lines = _read_csv(path, BAGDUMP_IMAGE + ["angle", "speed"])
+    keep, others = _select_camera([r["frame_id"] for r in rows], camera, path)
     samples, bad = [], []
-    for row, line in zip(rows, lines):
-        if not _is_center(row["frame_id"]):
-            continue
-        where = f"{path.name} line {line}"
+    for i in keep:
+        row, where = rows[i], f"{path.name} line {lines[i]}"
         try:
-            ts, w, h, a, v = _numbers(row, ["timestamp", "width", "height", "angle", "speed"], where)
-            index = int(_numbers(row, ["index"], where)[0]) if row.get("index") not in (None, "") else line - 2
+            ts = _seconds(row, where)
+            w, h, a, v = _numbers(row, ["width", "height", "angle", "speed"], where)
         except BadFrame as e:
             bad.append(str(e))
             continue
         file = path.parent / row["filename"]
-        samples.append(Sample(ts * 1e-9, index, f"{where} ({row['filename']})",
+        samples.append(Sample(ts, i, f"{where} ({row['filename']})",
                               (lambda p=file, lb=f"{where} ({file})": _read_image_file(p, lb)),
                               angle=math.degrees(a) if angle_unit == "rad" else a, speed=v, size=(int(w), int(h))))
-    return Source("bagdump-interpolated", path.parent, samples, len(samples), bad=bad,
-                  notes={"csv": path.name, "angle_unit": angle_unit})
+    return Source("interpolated", path.parent, samples, len(samples), bad=bad, rows=len(rows), other_cameras=others,
+                  notes={"csv": path.name, "angle_unit": angle_unit, "camera": camera or CENTRE_CAMERA})
 
 
-def camera_steering_source(folder: Path, angle_unit: str) -> Source:
-    cam_path, steer_path = folder / "camera.csv", folder / "steering.csv"
-    steer_rows, steer_lines = _read_csv(steer_path, ["timestamp", "angle", "speed"])
+def camera_steering_source(cam_path: Path, steer_path: Path, angle_unit: str, camera: str | None = None) -> Source:
+    """bagdump's camera.csv (seq,timestamp,width,height,frame_id,filename) with steering.csv
+    (seq,timestamp,angle,torque,speed): steering interpolated to each image."""
+    steer_rows, steer_lines = _read_csv(steer_path, BAGDUMP_STEERING)
     t, angle, speed, bad = [], [], [], []
     for row, line in zip(steer_rows, steer_lines):
+        where = f"{steer_path.name} line {line}"
         try:
-            ts, a, v = _numbers(row, ["timestamp", "angle", "speed"], f"{steer_path.name} line {line}")
+            ts = _seconds(row, where)
+            a, v = _numbers(row, ["angle", "speed"], where)
         except BadFrame as e:
             bad.append(str(e))
             continue
-        t.append(ts * 1e-9)
+        t.append(ts)
         angle.append(math.degrees(a) if angle_unit == "rad" else a)
         speed.append(v)
     if not t:
         raise ValueError(f"{steer_path}: no usable steering rows")
-    order = np.argsort(t)
+    order = np.argsort(t, kind="stable")
     meas = Measurements(np.array(t)[order], np.array(angle)[order], np.array(speed)[order])
-    cam_rows, cam_lines = _read_csv(cam_path, ["timestamp", "width", "height", "frame_id", "filename"])
+    cam_rows, cam_lines = _read_csv(cam_path, BAGDUMP_IMAGE)
+    keep, others = _select_camera([r["frame_id"] for r in cam_rows], camera, cam_path)
     samples = []
-    for i, (row, line) in enumerate(zip(cam_rows, cam_lines)):
-        if not _is_center(row["frame_id"]):
-            continue
-        where = f"{cam_path.name} line {line}"
+    for i in keep:
+        row, where = cam_rows[i], f"{cam_path.name} line {cam_lines[i]}"
         try:
-            ts, w, h = _numbers(row, ["timestamp", "width", "height"], where)
+            ts = _seconds(row, where)
+            w, h = _numbers(row, ["width", "height"], where)
         except BadFrame as e:
             bad.append(str(e))
             continue
-        file = folder / row["filename"]
-        samples.append(Sample(ts * 1e-9, i, f"{where} ({row['filename']})",
+        file = cam_path.parent / row["filename"]
+        samples.append(Sample(ts, i, f"{where} ({row['filename']})",
                               (lambda p=file, lb=f"{where} ({file})": _read_image_file(p, lb)), size=(int(w), int(h))))
-    samples.sort(key=lambda s: s.timestamp)
-    return Source("bagdump-camera-steering", folder, samples, len(samples), meas, bad=bad,
-                  notes={"csv": ["camera.csv", "steering.csv"], "angle_unit": angle_unit})
+    return Source("camera-steering", cam_path.parent, samples, len(samples), meas, bad=bad, rows=len(cam_rows),
+                  other_cameras=others, notes={"csv": [cam_path.name, steer_path.name], "angle_unit": angle_unit,
+                                                "camera": camera or CENTRE_CAMERA})
 
 
 # ---------------------------------------------------------------- simulator
 
 
-SIM_COLUMNS = ["center", "left", "right", "steering", "throttle", "brake", "speed"]
 _SIM_TIME = re.compile(r"(\d{4})_(\d{2})_(\d{2})_(\d{2})_(\d{2})_(\d{2})_(\d{3})")
 
 
-def sim_source(path: Path, max_angle: float) -> Source:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text CSV file") from None
+def sim_time(name: str) -> float | None:
+    """Seconds of the wall-clock time in a simulator image name (center_2016_12_01_13_30_48_287.jpg), read
+    as UTC so that the same file gives the same number in every time zone."""
+    m = _SIM_TIME.search(name)
+    if not m:
+        return None
+    y, mo, d, h, mi, s, ms = map(int, m.groups())
+    return datetime(y, mo, d, h, mi, s, ms * 1000, tzinfo=timezone.utc).timestamp()
+
+
+def sim_image_candidates(folder: Path, text: str) -> list[Path]:
+    """Where a simulator log's image path may be, in order: as written (either separator; relative to the
+    log's folder), the log's folder + the path's last two components, the log's IMG/ + the base name."""
+    parts = [p for p in text.replace("\\", "/").split("/") if p]
+    written = Path(text.replace("\\", "/"))
+    out = [written if written.is_absolute() else folder / written]
+    if len(parts) >= 2:
+        out.append(folder / parts[-2] / parts[-1])
+    out.append(folder / "IMG" / parts[-1])
+    return list(dict.fromkeys(out))
+
+
+def _sim_image(folder: Path, text: str, label: str) -> np.ndarray:
+    candidates = sim_image_candidates(folder, text)
+    for p in candidates:
+        if p.is_file():
+            return _read_image_file(p, f"{label} ({p})")
+    raise BadFrame(f"{label}: image {text!r} not found (looked for {', '.join(map(str, candidates))})")
+
+
+def sim_source(path: Path, max_angle: float, camera: str | None = None) -> Source:
+    rows = _text_rows(path)
     if not rows:
         raise ValueError(f"{path}: empty (expected rows of {', '.join(SIM_COLUMNS)})")
-    first = [c.strip() for c in rows[0]]
+    first = [c.lower() for c in rows[0]]
     start = 1
-    if "steering" in first:
+    if "steering" in first and "center" in first:
         missing = [c for c in SIM_COLUMNS if c not in first]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(first)})")
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(rows[0])})")
         cols = {c: first.index(c) for c in SIM_COLUMNS}
     else:
         start = 0
@@ -377,41 +524,53 @@ def sim_source(path: Path, max_angle: float) -> Source:
             raise ValueError(f"{path}: {len(first)} columns, expected {len(SIM_COLUMNS)} "
                              f"({', '.join(SIM_COLUMNS)}; header optional)")
         cols = {c: i for i, c in enumerate(SIM_COLUMNS)}
+    image_col = (camera or "center").strip().lower()
+    if image_col not in ("center", "left", "right"):
+        raise ValueError(f"{path}: simulator logs have the cameras center, left and right, not {camera!r}")
     samples, bad = [], []
-    for n, row in enumerate(rows[start:], start=start + 1):
-        where = f"{path.name} line {n}"
+    for k, row in enumerate(rows[start:]):
+        where = f"{path.name} line {k + start + 1}"
         if len(row) <= max(cols.values()):
             bad.append(f"{where}: {len(row)} columns, expected {len(SIM_COLUMNS)}")
             continue
-        rec = {c: row[i].strip() for c, i in cols.items()}
+        rec = {c: row[i] for c, i in cols.items()}
         try:
             steering, mph = _numbers(rec, ["steering", "speed"], where)
         except BadFrame as e:
             bad.append(str(e))
             continue
-        name = rec["center"].replace("\\", "/").split("/")[-1]
-        file = path.parent / "IMG" / name
-        if not file.exists() and (path.parent / rec["center"]).exists():
-            file = path.parent / rec["center"]
-        m = _SIM_TIME.search(name)
-        ts = (datetime(*map(int, m.groups()[:6]), int(m.group(7)) * 1000).timestamp() if m else (n - start) / 10.0)
-        samples.append(Sample(ts, n - start - 1 if start else n - 1, f"{where} ({name})",
-                              (lambda p=file, lb=f"{where} ({file})": _read_image_file(p, lb)),
+        text = rec[image_col]
+        ts = sim_time(text.replace("\\", "/").split("/")[-1])
+        samples.append(Sample(k * SIM_PERIOD if ts is None else ts, k, f"{where} ({text})",
+                              (lambda t=text, lb=where: _sim_image(path.parent, t, lb)),
                               angle=-steering * max_angle * STEERING_RATIO, speed=mph * MPH))
-    dts = np.diff([s.timestamp for s in samples]) if len(samples) > 1 else np.array([])
-    fps = float(1.0 / np.median(dts)) if len(dts) and np.median(dts) > 0 else 10.0
-    return Source("udacity-simulator", path.parent, samples, len(samples), fps=fps, bad=bad,
+    return Source("simulator", path.parent, samples, len(samples), fps=_fps(samples, 1 / SIM_PERIOD), bad=bad,
+                  rows=len(rows) - start,
                   notes={"csv": path.name, "sim_max_angle_deg": max_angle, "steering_ratio": STEERING_RATIO,
-                         "speed_unit": "mph"})
+                         "speed_unit": "mph", "camera_column": image_col})
+
+
+def _fps(samples: list[Sample], default: float) -> float:
+    dts = np.diff([s.timestamp for s in samples])
+    dts = dts[(dts > 0) & (dts <= SESSION_GAP)]
+    return float(1.0 / np.median(dts)) if len(dts) else default
 
 
 # ---------------------------------------------------------------- comma.ai
 
 
-def comma_source(folder: Path) -> Source:
+COMMA_ANGLE_SCALE = 0.1  # degrees per unit of steering_angle: a fixed-point value in tenths of a degree
+
+
+def comma_source(folder: Path, names: list[str] | None = None, camera: str | None = None) -> Source:
+    """comma.ai research logs. `steering_angle` is stored as -steering_angle / 10 degrees: comma's
+    view_steering_model.py divides it by 10 and negates it before using it as steering wheel degrees with
+    positive to the left (its raw range is about +-5000)."""
     import h5py
 
-    cams = sorted((folder / "camera").glob("*.h5"))
+    if camera is not None:
+        raise ValueError(f"{folder}: comma.ai logs have a single camera; --camera does not apply")
+    cams = [folder / "camera" / f"{n}.h5" for n in names] if names else sorted((folder / "camera").glob("*.h5"))
     if not cams:
         raise ValueError(f"{folder / 'camera'}: no .h5 files")
     samples, bad, total = [], [], 0
@@ -419,6 +578,8 @@ def comma_source(folder: Path) -> Source:
         log = folder / "log" / cam.name
         if not log.exists():
             raise ValueError(f"{cam}: no matching log file {log}")
+        refuse_lfs_pointer(cam, "HDF5 camera file")
+        refuse_lfs_pointer(log, "HDF5 log file")
         try:
             with h5py.File(log, "r") as f:
                 missing = [k for k in ("cam1_ptr", "steering_angle", "speed") if k not in f]
@@ -426,7 +587,7 @@ def comma_source(folder: Path) -> Source:
                     raise ValueError(f"{log}: missing dataset(s) {', '.join(missing)} "
                                      f"(expected cam1_ptr, steering_angle, speed)")
                 ptr = f["cam1_ptr"][:].astype(np.int64)
-                steer = f["steering_angle"][:].astype(float)
+                steer = f["steering_angle"][:].astype(float) * -COMMA_ANGLE_SCALE
                 speed = f["speed"][:].astype(float).reshape(-1)
                 times = f["times"][:].astype(float) if "times" in f else np.arange(len(ptr)) / 100.0
             with h5py.File(cam, "r") as f:
@@ -436,16 +597,19 @@ def comma_source(folder: Path) -> Source:
         except OSError as e:
             raise ValueError(f"{cam} / {log}: not readable HDF5 ({e})") from None
         total += n
+        order = np.argsort(ptr, kind="stable")
+        bounds = np.searchsorted(ptr[order], [np.arange(n), np.arange(1, n + 1)])
         for i in range(n):
-            sel = ptr == i
+            sel = order[bounds[0][i]:bounds[1][i]]
             label = f"{cam.name}#{i}"
-            if not sel.any():
+            if not len(sel):
                 bad.append(f"{label}: no log samples point at this frame (cam1_ptr)")
                 continue
             samples.append(Sample(float(times[sel].mean()), i, label, (lambda c=cam, j=i: _comma_frame(c, j)),
                                   angle=float(steer[sel].mean()), speed=float(speed[sel].mean())))
-    return Source("comma-ai", folder, samples, len(samples), fps=20.0, bad=bad,
-                  notes={"camera_files": [c.name for c in cams]})
+    return Source("comma", folder, samples, len(samples), fps=20.0, bad=bad, rows=total,
+                  notes={"camera_files": [c.name for c in cams],
+                         "angle": "-steering_angle / 10 (tenths of a degree, positive right, in the log)"})
 
 
 def _comma_frame(cam: Path, i: int) -> np.ndarray:
@@ -456,132 +620,3 @@ def _comma_frame(cam: Path, i: int) -> np.ndarray:
     if x.ndim != 3 or x.shape[0] != 3:
         raise BadFrame(f"{cam.name}#{i}: frame of shape {x.shape}, expected (3, H, W)")
     return cv2.cvtColor(np.ascontiguousarray(x.transpose(1, 2, 0)), cv2.COLOR_RGB2BGR)
-
-
-# ---------------------------------------------------------------- detection and the ingest loop
-
-
-def open_source(source, angle_unit: str = "rad", sim_max_angle: float = 25.0) -> Source:
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.is_file():
-        if path.suffix == ".bag":
-            return bag_source([path], path, angle_unit)
-        if path.name == "driving_log.csv":
-            return sim_source(path, sim_max_angle)
-        if path.name == "interpolated.csv":
-            return interpolated_source(path, angle_unit)
-        if path.name in ("camera.csv", "steering.csv"):
-            return camera_steering_source(path.parent, angle_unit)
-        raise ValueError(f"{path}: not a known Udacity source (a .bag, interpolated.csv, camera.csv + steering.csv, "
-                         f"driving_log.csv, or a folder holding them)")
-    entries = list(path.iterdir())
-    if not entries:
-        raise ValueError(f"folder {path} is empty (expected .bag files, interpolated.csv, camera.csv + steering.csv, "
-                         f"driving_log.csv or camera/ + log/)")
-    bags = sorted(p for p in entries if p.suffix == ".bag")
-    if bags:
-        return bag_source(bags, path, angle_unit)
-    if (path / "interpolated.csv").is_file():
-        return interpolated_source(path / "interpolated.csv", angle_unit)
-    if (path / "camera.csv").is_file() or (path / "steering.csv").is_file():
-        for name in ("camera.csv", "steering.csv"):
-            if not (path / name).is_file():
-                raise ValueError(f"{path}: has {'camera.csv' if name == 'steering.csv' else 'steering.csv'} "
-                                 f"but no {name}")
-        return camera_steering_source(path, angle_unit)
-    if (path / "driving_log.csv").is_file():
-        return sim_source(path / "driving_log.csv", sim_max_angle)
-    if (path / "camera").is_dir() and (path / "log").is_dir():
-        return comma_source(path)
-    raise ValueError(f"folder {path} holds no known Udacity source (.bag files, interpolated.csv, camera.csv + "
-                     f"steering.csv, driving_log.csv, or camera/ + log/ of the comma.ai layout)")
-
-
-@dataclass
-class Summary:
-    kept: int = 0
-    slow: int = 0
-    bad: int = 0
-    seconds: float = 0.0
-
-    @property
-    def fps(self) -> float:
-        return (self.kept + self.slow + self.bad) / max(self.seconds, 1e-9)
-
-
-class _Reporter:
-    def __init__(self, writer: StoreWriter, summary: Summary):
-        self.writer, self.summary = writer, summary
-
-    def __call__(self, reason: str) -> None:
-        self.writer.bad(reason)
-        self.summary.bad += 1
-        if self.summary.bad <= SHOWN_REASONS:
-            tqdm.write(f"vbp data udacity: skipping {reason}", file=sys.stderr)
-        elif self.summary.bad == SHOWN_REASONS + 1:
-            tqdm.write("vbp data udacity: more bad frames; only counting them from now on", file=sys.stderr)
-
-
-def ingest(source: Source, out, views: list[View], min_speed: float = MIN_SPEED, batch: int = 64,
-           progress: bool = True) -> Summary:
-    """Write a source's usable frames into a store; raises ValueError when none is usable."""
-    import time
-
-    summary = Summary()
-    start = time.perf_counter()
-    meta = {"ingest": source.kind, "min_speed_mps": min_speed, "camera": "center", "views":
-            {v.name: v.to_dict() for v in views}, "angle": "steering wheel degrees, + left", **source.notes}
-    expected = None
-    with StoreWriter(out, views, source=f"{source.kind}: {source.path}", preprocess=meta, fps=source.fps) as w:
-        report = _Reporter(w, summary)
-        for reason in source.bad:
-            report(reason)
-        buf: list = []
-        for s in tqdm(source.samples, total=source.total, unit="frame", desc=f"vbp data udacity ({source.kind})",
-                      disable=None if progress else True):
-            if s.angle is None:
-                got = source.measurements.at(s.timestamp)
-                if got is None:
-                    report(f"{s.label}: no steering measurement within {MAX_GAP} s of its timestamp")
-                    continue
-                s.angle, s.speed = got
-            if not s.speed > min_speed:
-                summary.slow += 1
-                continue
-            try:
-                img = s.load()
-                h, w_ = img.shape[:2]
-                if s.size is not None and s.size != (w_, h):
-                    raise BadFrame(f"{s.label}: image is {w_}x{h}, the source says {s.size[0]}x{s.size[1]}")
-                if expected is None:
-                    expected = (w_, h)
-                    if expected != (REFERENCE_W, REFERENCE_H):
-                        tqdm.write(f"vbp data udacity: frames are {w_}x{h}, not the Udacity centre camera's "
-                                   f"{REFERENCE_W}x{REFERENCE_H}; cropping to 4:3 and resizing", file=sys.stderr)
-                elif (w_, h) != expected:
-                    raise BadFrame(f"{s.label}: image is {w_}x{h}, expected {expected[0]}x{expected[1]} like the "
-                                   f"first frame of this source")
-            except BadFrame as e:
-                report(str(e))
-                continue
-            buf.append((s, {v.name: prepare(img, v) for v in views}))
-            if len(buf) >= batch:
-                _flush(w, buf, views)
-                summary.kept += len(buf)
-                buf = []
-        if buf:
-            _flush(w, buf, views)
-            summary.kept += len(buf)
-        if summary.kept == 0:
-            raise ValueError(f"no usable frames in {source.path}: {summary.bad} bad, {summary.slow} at or below "
-                             f"{min_speed:g} m/s")
-    summary.seconds = time.perf_counter() - start
-    return summary
-
-
-def _flush(writer: StoreWriter, buf, views) -> None:
-    writer.append(images={v.name: np.stack([imgs[v.name] for _, imgs in buf]) for v in views},
-                  angle=[s.angle for s, _ in buf], speed=[s.speed for s, _ in buf],
-                  timestamp=[s.timestamp for s, _ in buf], frame_id=[s.frame_id for s, _ in buf])
