@@ -22,7 +22,8 @@ EXTRAS = {
     "report": ["matplotlib>=3.7"],  # plots of vbp bench, vbp eval
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
-EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7", "scikit-learn>=1.3"]
+EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7", "scikit-learn>=1.3",
+                                    "hypothesis>=6"]
 EXTRAS["peers"] = ["captum>=0.7"]  # zennit, grad-cam: pip install --no-deps zennit grad-cam ttach (bench/README.md)
 # onnxruntime comes from exactly one of these two (vbp_rt/ort_install.py says why and which one a machine
 # needs; scripts/bootstrap.sh adds it to the extras it installs). No other extra names an onnxruntime.
@@ -45,6 +46,7 @@ setup(
         "numpy>=1.24",
         "h5py>=3.8",
         "opencv-python-headless>=4.8",
+        "av>=12",  # FFmpeg: decoding videos past damaged frames, writing kill-safe (fragmented) MP4
         "tqdm>=4.60",
         "onnx>=1.15",
         # onnxruntime: extra [cpu] or [gpu], never both (they overwrite each other's files)
