@@ -2,6 +2,9 @@
 # Create .venv (once) and install vbp-rt into it. Usage: bash scripts/bootstrap.sh [EXTRAS]
 # CPU machines get torch==2.13.0 (an unpinned torch pulls a multi-GB CUDA build); a machine whose
 # system Python already has a CUDA torch keeps it (the venv then sees the system site-packages).
+# onnxruntime: exactly one distribution, onnxruntime-gpu (extra gpu) where an NVIDIA GPU is, onnxruntime
+# (extra cpu) elsewhere (vbp_rt/ort_install.py decides; VBP_ORT=cpu|gpu overrides). A wrong or second one
+# in .venv is uninstalled first: both share one folder and break each other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -18,8 +21,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! python -c "import torch" 2>/dev/null; then
   pip install -q "torch==2.13.0"
 fi
-stamp=".venv/.vbp-installed${extras:+-$extras}"
-if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-  pip install -q -e ".${extras:+[$extras]}"
+read -r ort_extra ort_remove <<< "$(python vbp_rt/ort_install.py)"
+if [ -n "$ort_remove" ]; then
+  echo "vbp-rt: replacing $ort_remove by the $ort_extra build of onnxruntime"
+  pip uninstall -q -y $ort_remove
+fi
+all_extras="${extras:+$extras,}$ort_extra"
+stamp=".venv/.vbp-installed-${all_extras//,/-}"
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ] || [ -n "$ort_remove" ]; then
+  pip install -q -e ".[$all_extras]"
   touch "$stamp"
 fi

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from . import onnx_graph, onnx_io
 from .models import NetConfig
 from .result import Explanation
-from .sessions import cpu_session_options
+from .sessions import cpu_session_options, ort  # ort: onnxruntime, or an error naming the extras
 
 ONNX_METHODS = ("vbp", "lrp")
 

@@ -10,15 +10,19 @@ a GPU only the frame goes up and only the prediction and the masks come back. `t
 milliseconds of each stage (synchronized with the device) and of the whole call; on torch, "forward" is the
 forward pass with VBP's channel-mean hooks, and a method other than VBP runs its own forward inside
 `vbp_rt.explain`, so its time includes it. See docs/onnx.md.
+
+On the GPU a Runtime computes in exact float32 unless created with `tf32=True` (vbp_rt.precision). A torch
+backend runs its own copy of the module: the caller's module is neither moved nor switched to eval mode.
 """
 from __future__ import annotations
 
+import copy
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import utils as onnx_utils
 from torch import nn
@@ -29,10 +33,13 @@ from .dispatch import explain
 from .methods import vbp as vbp_method
 from .models import load_model, resolve_model_path
 from .onnx_model import ONNX_METHODS, ModelInfo, method_graph, onnx_config
-from .sessions import cpu_session_options, ort_cuda_works
+from .precision import torch_fp32
+from .sessions import (cpu_session_options, cuda_provider_options, node_placement, ort, ort_cuda_status,
+                       ort_cuda_works)
 
 BACKENDS = ("ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")  # "auto" tries them in this order
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,10 +56,17 @@ def available_backends() -> list:
     return [b for b in BACKENDS if ok[b]]
 
 
+def private_copy(module: nn.Module, device=None) -> nn.Module:
+    """An eval-mode copy of `module` on `device` (default: where it is). The caller's module keeps its device
+    and its train/eval mode, so it can go on to another Runtime, `vbp export` or a CPU reference."""
+    module = copy.deepcopy(module)
+    return (module if device is None else module.to(device)).eval()
+
+
 def _source(model, input_shape):
-    """(kind, object, path): kind "onnx" with a ModelProto, or "torch" with an eval-mode nn.Module."""
+    """(kind, object, path): kind "onnx" with a ModelProto, or "torch" with an eval-mode nn.Module of its own."""
     if isinstance(model, nn.Module):
-        return "torch", model.eval(), None
+        return "torch", private_copy(model), None
     if isinstance(model, onnx.ModelProto):
         return "onnx", model, None
     path = resolve_model_path(model)
@@ -90,17 +104,22 @@ class _Stage:
 class _OrtEngine:
     """The forward session and one head session per method, on CPU or CUDA."""
 
-    def __init__(self, obj, path, methods, device, threads, spinning, cuda_graph, eps, input_shape):
+    def __init__(self, obj, path, methods, device, threads, spinning, cuda_graph, eps, input_shape, tf32=False):
+        if cuda_graph and device != "cuda":
+            raise ValueError("cuda_graph=True needs onnxruntime on CUDA (backend ort-cuda)")
         graph, names = method_graph(obj, methods, eps, input_shape, path)
         outputs = {"prediction": names["prediction"], **{m: names[m][0] for m in methods}}
         self.device = device
-        self.cuda_graph = cuda_graph and device == "cuda"
+        self.cuda_graph = cuda_graph
         if self.cuda_graph and "lrp" in methods:
             raise ValueError("cuda_graph runs VBP only: the LRP graph computes shapes on the host, which a captured "
                              "CUDA graph cannot contain")
         if device == "cuda":
-            cuda_opts = {"enable_cuda_graph": "1" if self.cuda_graph else "0"}
-            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+            ok, why = ort_cuda_status()
+            if not ok:
+                raise ValueError(f"onnxruntime cannot run CUDA here: {why} (vbp doctor says more)")
+            providers = [("CUDAExecutionProvider", cuda_provider_options(tf32, self.cuda_graph)),
+                         "CPUExecutionProvider"]
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         else:
@@ -109,14 +128,36 @@ class _OrtEngine:
         self.prediction = outputs["prediction"]
         means = onnx_io.metadata(graph).get("vbp_rt.vbp_means", []) if "vbp" in methods else []
         parts = split_stages(graph, self.prediction, {m: outputs[m] for m in methods}, means)
+        self.placement = self._check_placement(parts, tf32) if device == "cuda" else {}
         self.stages = {name: _Stage(part, providers, options, device) for name, part in parts.items()}
         self.outputs = outputs
         runs_on = self.stages["forward"].session.get_providers()[0]
         if device == "cuda" and runs_on != "CUDAExecutionProvider":
             raise ValueError(f"onnxruntime could not start CUDA (the session runs on {runs_on}); "
-                             "use backend='ort-cpu' or fix the CUDA/cuDNN installation")
+                             "use backend='ort-cpu' or fix the CUDA/cuDNN installation (vbp doctor says more)")
         self.results = {self.prediction, *(outputs[m] for m in methods)}
+        self.output_device = output_devices({k: st.inputs for k, st in self.stages.items()},
+                                            {k: st.outputs for k, st in self.stages.items()}, self.results, device)
         self._buffers = None
+
+    def _check_placement(self, parts: dict, tf32: bool) -> dict:
+        """Where onnxruntime puts each stage's nodes on CUDA ({stage: Placement}, from a throwaway session
+        with verbose logging). Nodes on the CPU are logged; with cuda_graph they are an error (a captured
+        graph holds device work only)."""
+        providers = [("CUDAExecutionProvider", cuda_provider_options(tf32, False)), "CPUExecutionProvider"]
+        placement = {}
+        for name, part in parts.items():
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            p = placement[name] = node_placement(part.SerializeToString(), providers, options)
+            on_cpu = p.on("CPUExecutionProvider") if p is not None else 0
+            if on_cpu:
+                listed = ", ".join(p.nodes.get("CPUExecutionProvider", [])[:8])
+                message = f"ort-cuda: {on_cpu} node(s) of the {name} stage run on the CPU: {listed}"
+                if self.cuda_graph:
+                    raise ValueError(message + "; cuda_graph needs every node on CUDA")
+                log.warning(message)
+        return placement
 
     def run(self, x: np.ndarray, methods) -> tuple:
         if self.cuda_graph:
@@ -137,7 +178,7 @@ class _OrtEngine:
         for name, value in feeds.items():
             b.bind_ortvalue_input(name, value)
         for name in self.stages[key].outputs:
-            b.bind_output(name, "cpu" if name in self.results else self.device, 0)
+            b.bind_output(name, self.output_device[name], 0)
         return self._timed(key, timings)
 
     def _timed(self, key: str, timings: dict) -> dict:
@@ -184,6 +225,15 @@ class _OrtEngine:
         return self.stages["forward"].session.get_providers()
 
 
+def output_devices(stage_inputs: dict, stage_outputs: dict, results, device: str) -> dict:
+    """Where each stage output is bound: on the host when only the caller reads it (the masks), on the
+    device when a later stage reads it (maps, channel means, and the prediction the LRP head takes), so
+    that nothing goes up to the device twice. {output name: "cpu" | device}."""
+    read_by_stages = {name for names in stage_inputs.values() for name in names}
+    return {name: device if name in read_by_stages or name not in results else "cpu"
+            for names in stage_outputs.values() for name in names}
+
+
 def split_stages(graph: onnx.ModelProto, prediction: str, method_outputs: dict, forward_outputs=()) -> dict:
     """Cut a graph into "forward" (what `prediction` and `forward_outputs` need) and one head per method
     (the rest of that method's output's ancestry, reading what it needs from the forward stage's outputs).
@@ -223,21 +273,29 @@ def split_stages(graph: onnx.ModelProto, prediction: str, method_outputs: dict, 
 class _TorchEngine:
     """vbp_rt's torch methods on CPU or CUDA; VBP's forward (with its channel-mean hooks) is the forward stage."""
 
-    def __init__(self, model: nn.Module, device: str, threads, options: dict):
+    def __init__(self, model: nn.Module, device: str, threads, options: dict, tf32: bool = False):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = private_copy(model, self.device)
         self.options = options
+        self.tf32 = tf32
+        self.placement = {}
 
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def run(self, x: np.ndarray, methods) -> tuple:
+        if self.device.type != "cuda":
+            return self._run(x, methods)
+        with torch_fp32(self.tf32):
+            return self._run(x, methods)
+
+    def _run(self, x: np.ndarray, methods) -> tuple:
         timings, masks = {}, {}
         t0 = time.perf_counter()
-        xt = torch.from_numpy(x).to(self.device, non_blocking=True)
+        xt = torch.from_numpy(x).to(self.device)  # pageable host memory: the copy is synchronous anyway
         if "vbp" in methods:
             pred, averages, chain = vbp_method.forward(self.model, xt)
         else:
@@ -268,20 +326,27 @@ class Runtime:
     really runs (for onnxruntime, decided from the created session's providers).
     threads: CPU threads (default: physical cores). spinning: let idle onnxruntime threads spin (lower
     latency on otherwise idle cores, worse when sharing cores). cuda_graph: capture the onnxruntime CUDA
-    graphs (VBP only; the input shape is fixed at the first run). eps: epsilon of LRP (default 100; an exported LRP variant has
-    its own). input_shape: (C,H,W) for models that do not say it themselves.
+    graphs (ort-cuda, VBP only; the input shape is fixed at the first run; with "auto" only ort-cuda is
+    tried, so the option is never dropped). eps: epsilon of LRP (default 100; an exported LRP variant has
+    its own). input_shape: (C,H,W) for models that do not say it themselves. tf32: on the GPU, let
+    convolutions and matrix products use TensorFloat-32 (faster on Ampere and newer, relative errors ~1e-3);
+    default exact float32 (vbp_rt.precision).
 
     With backend="auto", a backend that fails to start is skipped; `skipped` lists each with its reason.
     """
 
     def __init__(self, model, backend: str = "auto", methods=("vbp",), threads: int | None = None, *,
-                 spinning: bool = False, cuda_graph: bool = False, eps: float | None = None, input_shape=None):
+                 spinning: bool = False, cuda_graph: bool = False, eps: float | None = None, input_shape=None,
+                 tf32: bool = False):
         self.methods = tuple(methods)
+        self.tf32 = tf32
         kind, obj, path = _source(model, input_shape)
         self.config = _config(kind, obj, input_shape)
         self.view = self._view()
         self.skipped = []
-        for name in self._candidates(backend, kind):
+        if cuda_graph and backend not in ("auto", "ort-cuda"):
+            raise ValueError(f"cuda_graph=True runs on onnxruntime's CUDA provider (backend ort-cuda), not {backend}")
+        for name in self._candidates("ort-cuda" if cuda_graph else backend, kind):
             try:
                 self.engine = self._engine(name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape)
             except Exception as e:  # onnxruntime's errors derive from Exception only; torch.onnx's from RuntimeError
@@ -318,15 +383,22 @@ class Runtime:
     def _engine(self, name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape):
         lib, device = name.split("-")
         if lib == "ort":
-            return _OrtEngine(obj, path, self.methods, device, threads, spinning, cuda_graph, eps, input_shape)
+            return _OrtEngine(obj, path, self.methods, device, threads, spinning, cuda_graph, eps, input_shape,
+                              self.tf32)
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("torch-cuda: torch sees no CUDA GPU")
-        return _TorchEngine(obj, device, threads, {"lrp": {"eps": eps}} if eps is not None else {})
+        return _TorchEngine(obj, device, threads, {"lrp": {"eps": eps}} if eps is not None else {}, self.tf32)
 
     @property
     def providers(self) -> list:
         """What runs underneath: onnxruntime's session providers, or the torch device."""
         return self.engine.providers
+
+    @property
+    def placement(self) -> dict:
+        """On ort-cuda: {stage: vbp_rt.sessions.Placement}, where onnxruntime put each stage's nodes (nodes
+        on the CPU are also logged when the Runtime starts). Empty on the other backends."""
+        return self.engine.placement
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """A camera frame (BGR or gray, any size) -> this model's uint8 view image (H,W): the view's crop
