@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import Budget, Stats, measure_group, synchronized
+from .timing import Budget, Stats, engine_timer, measure_group
 
 FORWARD = "forward"
 
@@ -173,7 +173,7 @@ def engine_group(spec: ModelSpec, backend: str, batch: int, methods, budget: Bud
         rt, ms = engines[name]
         logs[name].append(rt.run(images, methods=ms).timings)
     calls = {name: functools.partial(call, name) for name in engines}
-    timers = {name: synchronized for name in calls} if backend.endswith("cuda") else None
+    timers = {name: engine_timer(backend) for name in calls} if backend.endswith("cuda") else None
     stats = measure_group(calls, budget, timers)
     fwd = stats[FORWARD].median
     for name, s in stats.items():

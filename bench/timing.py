@@ -135,10 +135,18 @@ def measure_group(fns: dict, budget: Budget, timers: dict | None = None) -> dict
 
 
 def synchronized(fn) -> float:
-    """Wall time of a call that launches GPU work, with the device synchronized before and after."""
+    """Wall time of a call that launches torch CUDA work, with the device synchronized before and after."""
     import torch
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - t0) * 1e3
+
+
+def engine_timer(backend: str):
+    """How to time one `Runtime.run` call on `backend`: torch-cuda launches work torch must wait for
+    (`synchronized`); onnxruntime synchronizes itself (each stage ends with IOBinding.synchronize_outputs and
+    the results are on the host when run returns), so ort-cuda, like the CPU backends, takes the wall clock
+    and never touches torch.cuda, which asserts on a CPU build of torch beside onnxruntime-gpu."""
+    return synchronized if backend == "torch-cuda" else wall_ms
