@@ -44,20 +44,28 @@ def _add_synth(dsub) -> None:
                    help="stop lines and crosswalks per km (0: none)")
     p.add_argument("--lighting", type=float, default=1.0, help="strength of exposure and colour changes (0: none)")
     p.add_argument("--noise", type=float, default=1.0, help="sensor noise strength (0: none)")
+    p.add_argument("--shortcut", metavar="KIND[:MODE]", default="",
+                   help="add a shortcut cue: 'sign' puts a roadside board on the side of the coming turn in the "
+                        "train split and on a random side in the test split (:train correlated everywhere, "
+                        ":test nowhere); its mask is stored as cue_mask (docs/audit.md)")
     p.add_argument("--no-distractors", action="store_true",
                    help="shorthand for --shadows 0 --cars 0 --crossings-per-km 0")
     p.set_defaults(data_func=run_synth)
 
 
 def run_synth(args) -> int:
+    from .shortcut import parse as parse_shortcut
     from .synth import SynthOptions, write_synth
 
     if args.frames < 1:
         raise ValueError(f"--frames must be at least 1, got {args.frames}")
+    if args.shortcut:
+        parse_shortcut(args.shortcut)  # one-line error before any frame is made
     if args.no_distractors:
         args.shadows = args.cars = args.crossings_per_km = 0.0
     options = SynthOptions(frames=args.frames, seed=args.seed, shadows=args.shadows, cars=args.cars,
-                           crossings_per_km=args.crossings_per_km, lighting=args.lighting, noise=args.noise)
+                           crossings_per_km=args.crossings_per_km, lighting=args.lighting, noise=args.noise,
+                           shortcut=args.shortcut)
     summary = write_synth(Path(args.out), options, views=args.views, height=args.height, video=args.video)
     print(f"vbp data synth: {summary['frames']} frames -> {args.out}" + (f" and {args.video}" if args.video else "")
           + f" ({summary['fps']:.1f} frames/s)")

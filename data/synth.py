@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from . import shortcut
 from .ground import DN0, DS0, LEVELS, Camera, GroundPainter, level_scale
 from .preprocess import crop_view, to_gray, view_for
 from .road import SEGMENT, STEERING_RATIO, WHEELBASE, Driver, Road
@@ -40,6 +41,7 @@ class SynthOptions:
     crossings_per_km: float = 3.0  # stop lines and crosswalks per km (0: none)
     lighting: float = 1.0  # strength of exposure/colour changes (0: constant)
     noise: float = 1.0  # sensor noise strength
+    shortcut: str = ""  # a shortcut cue, data.shortcut KIND[:MODE] ("": none)
 
 
 @dataclass
@@ -78,6 +80,8 @@ class Drive:
         self.bounce = _smooth_series(rng, n, (6, 17, 40), 2.5)
         self.noise = [np.clip(rng.normal(8, 2.5 * o.noise, (480, 640, 3)), 0, 16).astype(np.uint8) for _ in range(3)]
         self.skyline = self._skyline(rng)
+        self.cue = shortcut.Cue(o.shortcut, o.seed, o.frames, self.road) if o.shortcut else None
+        self.boards = {}  # frame -> the cue's board drawn into it
         self.sky = self._sky(rng)
         self._window = None
 
@@ -154,6 +158,9 @@ class Drive:
         self._haze(image, v0, horizon)
         self.traffic.draw(cam, pose, horizon, image, masks)
         image = self._expose(image, i)
+        if self.cue is not None and (board := self.cue.board(i, state.s)) is not None:
+            self.cue.paint(image, board)
+            self.boards[i] = board
         return SynthFrame(i, image, masks,  angle=float(np.degrees(state.delta) * STEERING_RATIO),
                           speed=float(state.v))
 
@@ -228,7 +235,8 @@ def write_synth(out, options: SynthOptions, views=("svf", "hvf"), height: int = 
     ok = False
     start = time.perf_counter()
     try:
-        with StoreWriter(out, vs, source=f"synthetic drive, seed {options.seed}", preprocess=meta,
+        target = shortcut.partial_path(out) if drive.cue else out  # the cue's masks are added before the rename
+        with StoreWriter(target, vs, source=f"synthetic drive, seed {options.seed}", preprocess=meta,
                          ground_truth=True, fps=options.fps) as w:
             buf = []
             for frame in tqdm(drive, total=options.frames, unit="frame", desc="vbp data synth",
@@ -239,6 +247,8 @@ def write_synth(out, options: SynthOptions, views=("svf", "hvf"), height: int = 
                 if len(buf) == batch or frame.index == options.frames - 1:
                     _append(w, buf, vs, options.fps)
                     buf = []
+        if drive.cue:
+            shortcut.finish(shortcut.partial_path(out), out, drive.cue, drive.boards, vs, MASK_THRESHOLD)
         ok = True
     finally:
         if vid:

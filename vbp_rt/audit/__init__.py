@@ -1,0 +1,1 @@
+"""`vbp audit`: per-frame attention statistics over long drives, anomalies, attention modes, reports (docs/audit.md)."""

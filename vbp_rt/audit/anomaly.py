@@ -1,0 +1,103 @@
+"""Anomaly score per frame against its own drive's distribution, and the events it flags.
+
+Features: the attention statistics of compute.py (entropy, centroid x and y, the coarse-grid masses, the region
+masses, the change from the previous frame and, with two methods, their agreement). For each source (drive)
+separately, every feature x is turned into a robust z-score
+
+    z = (x - median(x)) / (1.4826 * MAD(x))
+
+(MAD: the median absolute deviation; 1.4826 * MAD estimates the standard deviation of normal data and is not
+moved by the outliers being looked for). Where MAD is 0, 1.2533 times the mean absolute deviation from the
+median is used, and a constant feature scores 0. Each |z| is clipped at Z_CLIP so that one feature cannot
+dominate, and the frame's score is the root mean square of its z-scores.
+
+A frame is flagged when its score exceeds median(score) + K * 1.4826 * MAD(score) of its drive. Flagged
+frames of one source closer than GAP frames are merged into one event; an event's score is the sum over its
+frames of (score - threshold), so long, strong stretches rank first.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+Z_CLIP = 8.0
+K = 3.0
+GAP = 5
+MAD_NORMAL = 1.4826
+MEAN_AD_NORMAL = 1.2533
+
+
+def features(frames: dict) -> tuple[np.ndarray, list]:
+    """(N,F) feature matrix and the feature names from an audit's per-frame columns."""
+    cols, names = [], []
+
+    def add(name, a):
+        a = np.asarray(a, np.float64).reshape(len(a), -1)
+        cols.append(a)
+        names.extend([name] if a.shape[1] == 1 else [f"{name}[{j}]" for j in range(a.shape[1])])
+
+    add("entropy", frames["entropy"])
+    add("centroid", frames["centroid"])
+    add("grid", frames["grid"])
+    add("regions", frames["regions"])
+    add("change", frames["change"])
+    if "agreement" in frames:
+        add("agreement", frames["agreement"])
+    return np.concatenate(cols, 1), names
+
+
+def robust_z(x: np.ndarray) -> np.ndarray:
+    """Column-wise robust z-scores of (N,F) (see the module docstring), NaN read as the median."""
+    med = np.nanmedian(x, axis=0)
+    dev = np.abs(x - med)
+    scale = MAD_NORMAL * np.nanmedian(dev, axis=0)
+    fallback = MEAN_AD_NORMAL * np.nanmean(dev, axis=0)
+    scale = np.where(scale > 1e-12, scale, fallback)
+    z = np.where(scale > 1e-12, (x - med) / np.where(scale > 1e-12, scale, 1.0), 0.0)
+    return np.nan_to_num(z, nan=0.0)
+
+
+def score(x: np.ndarray) -> np.ndarray:
+    """Per-frame anomaly score of an (N,F) feature matrix of one drive."""
+    z = np.clip(np.abs(robust_z(x)), 0, Z_CLIP)
+    return np.sqrt((z * z).mean(1))
+
+
+def threshold(s: np.ndarray, k: float = K) -> float:
+    med = float(np.median(s))
+    return med + k * MAD_NORMAL * float(np.median(np.abs(s - med)))
+
+
+def analyse(frames: dict, k: float = K, gap: int = GAP) -> dict:
+    """Scores, flags and ranked events over all sources of an audit. Events are rows into the per-frame arrays:
+    start, stop (exclusive), peak, source, score; ranked by score, best first."""
+    x, names = features(frames)
+    source = np.asarray(frames["source"])
+    scores = np.zeros(len(x))
+    flagged = np.zeros(len(x), bool)
+    thresholds = {}
+    events = []
+    for src in np.unique(source):
+        rows = np.flatnonzero(source == src)
+        s = score(x[rows])
+        t = threshold(s, k)
+        scores[rows], flagged[rows] = s, s > t
+        thresholds[int(src)] = t
+        events += _events(rows, s, t, np.asarray(frames["index"])[rows], gap, int(src))
+    events.sort(key=lambda e: -e["score"])
+    return {"score": scores.astype(np.float32), "flagged": flagged, "events": events, "features": names,
+            "thresholds": thresholds}
+
+
+def _events(rows, s, t, index, gap, src) -> list:
+    """Runs of flagged frames of one source (frame numbers closer than `gap` merged)."""
+    hot = np.flatnonzero(s > t)
+    if not len(hot):
+        return []
+    breaks = np.flatnonzero(np.diff(index[hot]) > gap)
+    out = []
+    for part in np.split(hot, breaks + 1):
+        a, b = part[0], part[-1] + 1
+        seg = s[a:b]
+        out.append({"source": src, "start": int(rows[a]), "stop": int(rows[b - 1]) + 1,
+                    "peak": int(rows[a + int(np.argmax(seg))]), "score": float(np.clip(seg - t, 0, None).sum())})
+    return out
