@@ -20,6 +20,8 @@ EXTRAS = {
     "viewer": ["PyQt5>=5.15", "pyqtgraph>=0.13"],  # vbp view, the training monitor
     "ingest": ["rosbags>=0.9.20"],  # vbp data udacity on ROS bags
     "report": ["matplotlib>=3.7"],  # plots of vbp bench, vbp eval
+    "audit": ["scikit-learn>=1.3"],  # vbp audit's attention modes (k-means)
+    "ray": ["ray>=2.9"],  # vbp audit --ray: sources fanned out over a Ray cluster
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7", "scikit-learn>=1.3",
