@@ -92,16 +92,45 @@ def crop_view(reference: np.ndarray, view: View) -> np.ndarray:
     return cv2.resize(band, (view.width, view.height), interpolation=cv2.INTER_AREA)
 
 
-def prepare(frame: np.ndarray, view: View) -> np.ndarray:
-    """Any camera frame (BGR or gray, any size) -> the view's gray uint8 image (height, width)."""
+def to_bgr(frame: np.ndarray) -> np.ndarray:
+    """BGR/BGRA/gray uint8 -> BGR uint8 (H,W,3)."""
+    if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
+        return cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return frame
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    raise ValueError(f"expected a gray or BGR image, got an array of shape {frame.shape}")
+
+
+def prepare(frame: np.ndarray, view: View, color: bool = False) -> np.ndarray:
+    """Any camera frame (BGR or gray, any size) -> the view's uint8 image (height, width), gray, or BGR
+    (height, width, 3) with `color`."""
     if frame is None or frame.size == 0:
         raise ValueError("empty frame")
-    return crop_view(to_reference(to_gray(frame)), view)
+    return crop_view(to_reference(to_bgr(frame) if color else to_gray(frame)), view)
 
 
-def model_view(frame: np.ndarray, view: View | None, height: int, width: int) -> np.ndarray:
-    """A camera frame -> a model's uint8 input image (height, width): the view's crop when the model reads a
-    known view, else the whole frame in gray resized to the model's input."""
+def letterbox(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize keeping the aspect ratio, centred on a black height x width canvas."""
+    h, w = image.shape[:2]
+    k = min(height / h, width / w)
+    nh, nw = max(1, round(h * k)), max(1, round(w * k))
+    canvas = np.zeros((height, width) + image.shape[2:], np.uint8)
+    y0, x0 = (height - nh) // 2, (width - nw) // 2
+    canvas[y0:y0 + nh, x0:x0 + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    return canvas
+
+
+def model_view(frame: np.ndarray, view: View | None, height: int, width: int, color: bool = False,
+               letterbox_fit: bool = False) -> np.ndarray:
+    """A camera frame -> a model's uint8 input image (height, width), gray or, with `color`, BGR: the view's
+    crop when the model reads a known view, else the whole frame resized (or letterboxed) to the model's input."""
     if view is not None:
-        return prepare(frame, view)
-    return cv2.resize(to_gray(frame), (width, height), interpolation=cv2.INTER_AREA)
+        return prepare(frame, view, color)
+    image = to_bgr(frame) if color else to_gray(frame)
+    if letterbox_fit:
+        return letterbox(image, height, width)
+    if image.shape[:2] == (height, width):
+        return np.ascontiguousarray(image)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)

@@ -75,6 +75,7 @@ RESIDUAL_CHAIN = [
     ("map_d", [((3, 3), (2, 2), (2, 2), (2, 2), (14, 23))]),
     ("map_e", [((3, 3), (2, 2), (0, 0), (1, 1), (7, 12)), ((1, 1), (1, 1), (0, 0), (1, 1), (3, 6))]),
 ]
+RESIDUAL_SKIPS = [2]  # map_c = Relu(conv3(map_b) + map_b): the skip is a second, identity path from map_b
 
 
 class OtherNet(nn.Module):
@@ -123,14 +124,18 @@ def ones_transposed(m: np.ndarray, kernel, stride, pad, dilation, out_hw) -> np.
     return out
 
 
-def numpy_vbp(maps: list, chain) -> np.ndarray:
+def numpy_vbp(maps: list, chain, skips=()) -> np.ndarray:
     """VisualBackProp (Bojarski et al.) on post-ReLU maps (shallow -> deep) with a hand-written chain, in
-    float64 and without intermediate rescaling (the final min-max makes it scale-free)."""
+    float64 and without intermediate rescaling (the final min-max makes it scale-free). `skips` lists the
+    levels that also take the previous map unchanged (a residual Add): their paths are added."""
     averages = [np.asarray(mp, np.float64).mean(axis=1) for mp in maps]
     m = averages[-1]
     for level in range(len(chain) - 1, -1, -1):
+        arriving = m
         for kernel, stride, pad, dilation, out_hw in reversed(chain[level][1]):
             m = ones_transposed(m, kernel, stride, pad, dilation, out_hw)
+        if level in skips:
+            m = m + arriving
         if level > 0:
             m = m * averages[level - 1]
     lo = m.min(axis=(1, 2), keepdims=True)

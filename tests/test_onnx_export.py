@@ -14,6 +14,7 @@ from tests.onnx_builders import (
     OTHER_CHAIN,
     OTHER_SHAPE,
     RESIDUAL_CHAIN,
+    RESIDUAL_SKIPS,
     H,
     OtherNet,
     W,
@@ -100,7 +101,7 @@ def test_vbp_head_on_a_helper_built_graph_matches_numpy_vbp():
     x = np.random.default_rng(1).random((4, 1, H, W), dtype=np.float32)
     maps = _run(onnx_io.expose_maps(model), x)
     out = _run(onnx_io.append_vbp_head(model), x)
-    reference = numpy_vbp([maps[name] for name, _ in RESIDUAL_CHAIN], RESIDUAL_CHAIN)
+    reference = numpy_vbp([maps[name] for name, _ in RESIDUAL_CHAIN], RESIDUAL_CHAIN, RESIDUAL_SKIPS)
     np.testing.assert_allclose(out["vbp_mask"], reference, atol=1e-5)
     np.testing.assert_allclose(out["steer"], maps["steer"], rtol=1e-6)
     assert reference.std() > 0.05  # a real pattern, not a constant

@@ -113,7 +113,7 @@ def test_torch_and_onnx_views_of_other_net_agree_in_shape():
     assert [link.ops for link in t.links] == [link.ops for link in o.links]
 
 
-def test_parallel_branches_between_maps_are_refused():
+def test_parallel_branches_between_maps_become_two_edges():
     w3 = numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w3")
     w1 = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w1")
     w0 = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w0")
@@ -123,5 +123,6 @@ def test_parallel_branches_between_maps_are_refused():
     g = helper.make_graph(nodes, "inception", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
                           [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)], [w0, w1, w3])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    with pytest.raises(ValueError, match="parallel branches"):
-        onnx_graph.find_onnx_chain(m)
+    chain = onnx_graph.find_onnx_chain(m)
+    assert chain.names == ["a", "b"] and not chain.is_chain
+    assert [(e.source, [op.kernel for op in e.ops]) for e in chain.edges(1)] == [(0, [(3, 3)]), (0, [(1, 1)])]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import randomize_bn
-from tests.onnx_builders import RESIDUAL_CHAIN, H, W, numpy_vbp, residual_cnn
+from tests.onnx_builders import RESIDUAL_CHAIN, RESIDUAL_SKIPS, H, W, numpy_vbp, residual_cnn
 from vbp_rt import explain, onnx_io
 from vbp_rt.models import build, save_checkpoint
 from vbp_rt.runtime import RunResult, Runtime, available_backends
@@ -79,8 +79,8 @@ def test_foreign_onnx_model(tmp_path):
     maps = onnx_io.expose_maps(residual_cnn())
     s = ort.InferenceSession(maps.SerializeToString())
     outs = dict(zip([o.name for o in s.get_outputs()], s.run(None, {"image": frames[:, None] / np.float32(255)})))
-    np.testing.assert_allclose(result.masks["vbp"], numpy_vbp([outs[n] for n, _ in RESIDUAL_CHAIN], RESIDUAL_CHAIN),
-                               atol=1e-5)
+    reference = numpy_vbp([outs[n] for n, _ in RESIDUAL_CHAIN], RESIDUAL_CHAIN, RESIDUAL_SKIPS)
+    np.testing.assert_allclose(result.masks["vbp"], reference, atol=1e-5)
     np.testing.assert_allclose(result.prediction, outs["steer"], rtol=1e-5)
     with pytest.raises(ValueError, match="LRP variant"):
         Runtime(path, "ort-cpu", methods=("lrp",))

@@ -34,23 +34,62 @@ class SpatialOp:
     out_hw: tuple
 
 
+@dataclass(frozen=True)
+class Edge:
+    """Paths of the network from a shallower map (or the input) to a map, through conv/pool ops and ops that
+    keep the map size (BatchNorm, Add, Concat, ...). `count` paths share this source and geometry."""
+
+    source: int  # index of the shallower map in Chain.links; -1 for the input
+    ops: tuple  # SpatialOp, in forward order
+    count: int = 1
+
+
 @dataclass
 class MapLink:
-    """One post-ReLU conv map and the spatial ops that lead to it from the previous map (or the input)."""
+    """One post-ReLU conv map and the spatial ops that lead to it from the previous map (or the input).
+
+    In a network with branches (residual Add, Concat of parallel branches), `edges` lists every path into
+    this map from the shallower maps and `sink` says whether the map reaches the prediction without passing
+    another map; a plain chain leaves both None (one edge from the previous map, only the deepest is a sink).
+    """
 
     name: str
     shape: tuple  # (C, H, W)
-    ops: tuple  # SpatialOp, in forward order
+    ops: tuple  # SpatialOp, in forward order (a chain's only edge)
+    edges: tuple | None = None
+    sink: bool | None = None
 
 
 @dataclass
 class Chain:
+    """The maps VBP averages, shallow -> deep (a topological order), and the paths between them."""
+
     input_shape: tuple  # (C, H, W)
     links: list = field(default_factory=list)
 
     @property
     def names(self) -> list:
         return [link.name for link in self.links]
+
+    def edges(self, i: int) -> tuple:
+        link = self.links[i]
+        return link.edges if link.edges is not None else (Edge(i - 1, link.ops),)
+
+    def is_sink(self, i: int) -> bool:
+        link = self.links[i]
+        return link.sink if link.sink is not None else i == len(self.links) - 1
+
+    @property
+    def is_chain(self) -> bool:
+        """True when the maps form one path: each map fed once by the previous one, only the deepest a sink."""
+        return all(self.edges(i) == (Edge(i - 1, link.ops),) and self.is_sink(i) == (i == len(self.links) - 1)
+                   for i, link in enumerate(self.links))
+
+    def as_chain(self) -> "Chain":
+        """The same chain without edge annotations when it is one path (what the chain-only code expects)."""
+        if not self.is_chain:
+            return self
+        return Chain(self.input_shape, [MapLink(k.name, k.shape, k.ops) for k in self.links])
 
 
 def conv_padding(module) -> tuple:

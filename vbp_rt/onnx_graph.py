@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 from onnx import shape_inference
 
-from .graph import Chain, MapLink, SpatialOp
+from .graph import Chain, Edge, MapLink, SpatialOp
 
 SPATIAL_OPS = {"Conv": "conv", "MaxPool": "pool", "AveragePool": "pool", "LpPool": "pool",
                "GlobalAveragePool": "pool", "GlobalMaxPool": "pool"}
@@ -53,26 +53,38 @@ def _dims(vi: onnx.ValueInfoProto) -> tuple | None:
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
 
 
-def input_chw(model: onnx.ModelProto) -> tuple | None:
-    """(C,H,W) of the image input when the model fixes them, else None."""
+def input_dims(model: onnx.ModelProto) -> tuple:
+    """The image input's 4 dims (None where symbolic)."""
     dims = _dims(data_input(model))
     if dims is None or len(dims) != 4:
-        raise ValueError(f"the image input of the ONNX model must be 4-D (N,C,H,W), got shape {dims}")
-    return dims[1:] if all(d is not None for d in dims[1:]) else None
+        raise ValueError(f"the image input of the ONNX model must be 4-D (N,C,H,W or N,H,W,C), got shape {dims}")
+    return dims
+
+
+def _chw_axes(model: onnx.ModelProto) -> tuple:
+    """Positions of C, H, W in the input tensor."""
+    return (3, 1, 2) if image_source(model)[1] == "NHWC" else (1, 2, 3)
+
+
+def input_chw(model: onnx.ModelProto) -> tuple | None:
+    """(C,H,W) of the image input when the model fixes them (whatever its layout), else None."""
+    dims = input_dims(model)
+    chw = tuple(dims[a] for a in _chw_axes(model))
+    return chw if all(d is not None for d in chw) else None
 
 
 def with_input_shape(model: onnx.ModelProto, input_shape) -> onnx.ModelProto:
     """A copy of `model` whose image input has fixed (C,H,W) = input_shape (the batch stays as it is)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    dims = data_input(m).type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise ValueError(f"the image input of the ONNX model must be 4-D (N,C,H,W), got {len(dims)} dims")
-    for d, v in zip(list(dims)[1:], input_shape):
-        if d.HasField("dim_value") and d.dim_value != v:
-            raise ValueError(f"the ONNX model expects input (C,H,W)={tuple(x.dim_value for x in list(dims)[1:])}, "
-                             f"not {tuple(input_shape)}")
-        d.dim_value = int(v)
+    input_dims(m)
+    dims = list(data_input(m).type.tensor_type.shape.dim)
+    axes = _chw_axes(m)
+    have = tuple(dims[a].dim_value if dims[a].HasField("dim_value") else None for a in axes)
+    for a, v, h in zip(axes, input_shape, have):
+        if h is not None and h != v:
+            raise ValueError(f"the ONNX model expects input (C,H,W)={have}, not {tuple(input_shape)}")
+        dims[a].dim_value = int(v)
     return m
 
 
@@ -192,12 +204,37 @@ class _Flow:
         return seen
 
 
-def find_onnx_chain(model, input_shape=None) -> Chain:
-    """The conv/ReLU chain of an ONNX model (path, bytes or ModelProto).
+def image_source(model: onnx.ModelProto) -> tuple:
+    """(tensor, layout): the NCHW image tensor the convolutions read. An NHWC input (Keras models through
+    tf2onnx) is read after its Transpose with perm (0,3,1,2); any other input is NCHW."""
+    name = data_input(model).name
+    for n in model.graph.node:
+        if n.op_type == "Transpose" and n.input and n.input[0] == name and list(_attrs(n).get("perm", [])) == [0, 3, 1, 2]:
+            return n.output[0], "NHWC"
+    return name, "NCHW"
 
+
+def prediction_name(model: onnx.ModelProto) -> str:
+    """"prediction", or the first graph output (what the VBP path sum explains)."""
+    names = [o.name for o in model.graph.output]
+    return "prediction" if "prediction" in names else names[0]
+
+
+MAX_PATHS = 256  # paths between two maps before the analysis refuses (a block that splits and merges often)
+
+
+def find_onnx_chain(model, input_shape=None, prediction: str | None = None) -> Chain:
+    """The maps of an ONNX model (path, bytes or ModelProto) and every path between them (a `Chain`, with
+    `edges` and `sink` when the network branches).
+
+    A map is the 4-D output of a `Relu` with a `Conv` on at least one data path from the previous maps. Between
+    maps, Conv and pooling nodes give the geometry and every other node must keep the map size (BatchNorm,
+    Add, Mul, Concat on channels, Split, ...); anything else is refused with its name. Only the part of the
+    graph the prediction (`prediction`, default "prediction" or the first output) depends on counts.
     `input_shape` (C,H,W) is needed only when the model leaves H or W symbolic.
     """
     model = load(model)
+    source, layout = image_source(model)
     chw = input_chw(model)
     if input_shape is not None and chw != tuple(input_shape):
         model = with_input_shape(model, input_shape)
@@ -205,41 +242,92 @@ def find_onnx_chain(model, input_shape=None) -> Chain:
         raise ValueError("the ONNX model's input height/width are symbolic: give input_shape=(C,H,W)")
     shape = tuple(input_shape) if input_shape is not None else tuple(chw)
     shapes = tensor_shapes(model)
-    source = data_input(model).name
     flow = _Flow(model.graph, source)
-    data_nodes = [n for n in flow.nodes if id(n) in flow.downstream_of_input]
-    candidates = [n for n in data_nodes if n.op_type == "Relu" and len(shapes.get(n.output[0], ())) == 4]
-    chain = Chain(shape)
-    prev_tensor, prev_desc = source, flow.downstream_of_input
-    for relu in candidates:
-        between = [n for n in data_nodes if id(n) in prev_desc and id(n) in flow.ancestors(relu) and n is not relu]
-        spatial = [n for n in between if n.op_type in SPATIAL_OPS]
-        if not any(n.op_type == "Conv" for n in spatial):
+    target = prediction or prediction_name(model)
+    if target not in flow.producer:
+        raise ValueError(f"the ONNX model has no output {target!r}")
+    relevant = flow.ancestors(flow.producer[target]) & flow.downstream_of_input
+    data = {o for n in flow.nodes if id(n) in flow.downstream_of_input for o in n.output} | {source}
+    maps: dict = {}  # tensor -> index
+    links = []
+    for node in flow.nodes:
+        if id(node) not in relevant or node.op_type != "Relu" or len(shapes.get(node.output[0]) or ()) != 4:
             continue
-        _check_path(spatial, between, shapes, flow, prev_tensor, relu)
-        ops = tuple(spatial_op(n, shapes) for n in spatial)
-        chain.links.append(MapLink(relu.output[0], tuple(shapes[relu.output[0]][1:]), ops))
-        prev_tensor, prev_desc = relu.output[0], flow.descendants(relu.output[0])
-    if not chain.links:
-        ops = sorted({n.op_type for n in data_nodes})
+        paths = _paths_into(node, flow, maps, source, data, shapes)
+        if not any(n.op_type == "Conv" for p in paths for n in p[1]):
+            continue
+        edges: dict = {}
+        for src, nodes in paths:
+            _check_path(nodes, shapes, node)
+            key = (src, tuple(spatial_op(n, shapes) for n in nodes if n.op_type in SPATIAL_OPS))
+            edges[key] = edges.get(key, 0) + 1
+        edges = tuple(Edge(src, ops, k) for (src, ops), k in edges.items())
+        maps[node.output[0]] = len(links)
+        links.append(MapLink(node.output[0], tuple(shapes[node.output[0]][1:]), edges[0].ops, edges))
+    if not links:
+        ops = sorted({n.op_type for n in flow.nodes if id(n) in flow.downstream_of_input})
         raise ValueError("VisualBackProp does not apply to this ONNX model: no Relu follows a Conv, so there are "
                          "no post-ReLU convolutional feature maps to average (ops in the graph: "
                          f"{', '.join(ops) or 'none'})")
-    return chain
+    for tensor, i in maps.items():
+        links[i].sink = _reaches(tensor, target, flow, maps)
+    return Chain(shape, links).as_chain()
 
 
-def _check_path(spatial, between, shapes, flow, prev_tensor, relu) -> None:
-    """The geometry between two maps must be one path of Conv/pool nodes and size-keeping ops."""
-    for a, b in zip(spatial, spatial[1:]):
-        if id(b) not in flow.descendants(a.output[0]):
-            raise ValueError(f"between map {prev_tensor} and Relu {relu.name or relu.output[0]} the graph has "
-                             f"parallel branches with their own geometry ({a.op_type} {a.name or a.output[0]} and "
-                             f"{b.op_type} {b.name or b.output[0]}): VisualBackProp needs one conv path")
-    for n in between:
-        if n.op_type in SPATIAL_OPS or not n.input:
+def _data_inputs(node, data: set, shapes: dict) -> list:
+    """The inputs of `node` that carry the image's data (not weights, constants or shape tensors)."""
+    return [t for t in node.input if t in data and len(shapes.get(t) or ()) == 4]
+
+
+def _paths_into(relu, flow: _Flow, maps: dict, source: str, data: set, shapes: dict) -> list:
+    """Every data path into `relu` from a map or the input: [(source index, [nodes in forward order])]."""
+    out = []
+
+    def walk(tensor, nodes):
+        if len(out) > MAX_PATHS:
+            raise ValueError(f"more than {MAX_PATHS} paths lead into Relu {relu.name or relu.output[0]} from the "
+                             "previous maps: this block is not handled")
+        if tensor == source or tensor in maps:
+            out.append((maps.get(tensor, -1), nodes[::-1]))
+            return
+        node = flow.producer[tensor]
+        inputs = _data_inputs(node, data, shapes)
+        if not inputs and any(t in data for t in node.input):
+            raise ValueError(f"{node.op_type} node {node.name or node.output[0]} turns a non-map tensor into a map "
+                             "on the way to a Relu: VisualBackProp follows only 4-D feature maps")
+        for t in inputs:
+            walk(t, nodes + [node])
+
+    for t in _data_inputs(relu, data, shapes):
+        walk(t, [])
+    return out
+
+
+def _reaches(tensor: str, target: str, flow: _Flow, maps: dict) -> bool:
+    """Whether `target` depends on `tensor` along a path that passes no other map."""
+    seen, todo = set(), [tensor]
+    while todo:
+        t = todo.pop()
+        if t == target:
+            return True
+        for n in flow.consumers.get(t, []):
+            for o in n.output:
+                if o not in seen and o not in maps:
+                    seen.add(o)
+                    todo.append(o)
+    return False
+
+
+def _check_path(nodes, shapes, relu) -> None:
+    """Between two maps, every node other than Conv/pooling must keep the 4-D map size."""
+    for n in nodes:
+        if n.op_type in SPATIAL_OPS:
             continue
         before, after = shapes.get(n.input[0]), shapes.get(n.output[0])
-        if before and after and len(before) == len(after) == 4 and tuple(before[2:]) != tuple(after[2:]):
+        if not after or len(after) != 4:
+            raise ValueError(f"{n.op_type} node {n.name or n.output[0]} on the way to Relu {relu.name or relu.output[0]} "
+                             "does not output a 4-D feature map: VisualBackProp cannot follow it")
+        if before and len(before) == 4 and tuple(before[2:]) != tuple(after[2:]):
             raise ValueError(f"{n.op_type} node {n.name or n.output[0]} changes the map size from {before[2:]} to "
                              f"{after[2:]} in a way VisualBackProp cannot invert (supported: Conv, MaxPool, "
                              "AveragePool)")

@@ -24,7 +24,7 @@ from . import onnx_graph
 from .data.preprocess import VIEWS, view_for
 from .graph import Chain, SpatialOp, find_torch_chain
 from .methods.lrp import epsilon_lrp
-from .methods.vbp import backproject
+from .methods.vbp import backproject, backproject_dag
 from .upsample import natural_size
 
 MAX_IR_VERSION = 10  # onnxruntime 1.31 refuses the IR version 14 that onnx 1.23's helper writes
@@ -128,14 +128,53 @@ def onnx_normalize01(b: GraphBuilder, m: str) -> str:
     return b.op("Div", [b.op("Sub", [m, lo]), b.where_positive(span, span, b.const(1.0))], "mask")
 
 
+class OnnxSteps:
+    """vbp_rt.methods.vbp.backproject_dag's steps as graph-building ones (maps (N,1,h,w), log scales (N,1,1,1))."""
+
+    def __init__(self, b: GraphBuilder):
+        self.b = b
+        self.one, self.zero = b.const(1.0), b.const(0.0)
+
+    def upscale(self, m, op):
+        return onnx_upscale(self.b, m, op)
+
+    def mul(self, x, y):
+        return self.b.op("Mul", [x, y])
+
+    def times(self, m, k: int):
+        return self.b.op("Mul", [m, self.b.const(float(k))])
+
+    def sum(self, terms):
+        if len(terms) == 1:
+            return terms[0]
+        b = self.b
+        top = b.op("Max", [l for _, l in terms])
+        parts = [b.op("Mul", [m, b.op("Exp", [b.op("Sub", [l, top])])]) for m, l in terms]
+        total = parts[0]
+        for p in parts[1:]:
+            total = b.op("Add", [total, p])
+        return total, top
+
+    def rescale(self, m, log_scale):
+        b = self.b
+        peak = b.reduce("ReduceMax", m, [2, 3])
+        safe = b.where_positive(peak, peak, b.const(1.0))
+        return b.op("Div", [m, safe], "rescaled"), b.op("Add", [log_scale, b.op("Log", [safe])])
+
+
 def vbp_head(b: GraphBuilder, chain: Chain) -> tuple:
-    """Nodes computing VBP from the chain's map tensors with vbp_rt.methods.vbp.backproject's loop.
+    """Nodes computing VBP from the chain's map tensors with vbp_rt.methods.vbp.backproject's loop (or, for a
+    network with branches, backproject_dag's).
 
     Returns the names of (mask (N,H,W) in [0,1], relevance (N,H,W), the channel means)."""
     averages = [onnx_channel_mean(b, link.name, link.shape[0]) for link in chain.links]
-    m, _ = backproject(averages, chain, upscale=lambda m, op: onnx_upscale(b, m, op),
-                       combine=lambda m, a: onnx_rescale(b, b.op("Mul", [m, a])), start=lambda m: onnx_rescale(b, m))
-    h, w = chain.links[0].ops[0].in_hw
+    if chain.is_chain:
+        m, _ = backproject(averages, chain, upscale=lambda m, op: onnx_upscale(b, m, op),
+                           combine=lambda m, a: onnx_rescale(b, b.op("Mul", [m, a])),
+                           start=lambda m: onnx_rescale(b, m))
+    else:
+        m, _ = backproject_dag(averages, chain, OnnxSteps(b))
+    h, w = chain.input_shape[1:]
     relevance = b.reshape(m, [0, h, w], "relevance")
     return onnx_normalize01(b, relevance), relevance, averages
 
@@ -171,7 +210,7 @@ def append_vbp_head(model, chain: Chain | None = None, input_shape=None) -> onnx
     for tensor, name in ((mask, VBP_OUTPUT), (relevance, VBP_RELEVANCE)):
         m.graph.node.append(helper.make_node("Identity", [tensor], [name], name=name))
         m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
-                                                            [_batch_dim(m), *chain.links[0].ops[0].in_hw]))
+                                                            [_batch_dim(m), *chain.input_shape[1:]]))
     m.ir_version = min(m.ir_version, MAX_IR_VERSION)
     _set_meta(m, {"vbp_rt.vbp_output": VBP_OUTPUT, "vbp_rt.vbp_relevance": VBP_RELEVANCE, "vbp_rt.vbp_means": means})
     return m

@@ -70,6 +70,71 @@ def backproject(averages: list, chain: Chain, upscale=ones_transposed_conv, comb
     return m, inter
 
 
+class TorchSteps:
+    """The tensor steps of `backproject_dag` in torch. A value is (m, log_scale): the true path sum is
+    m * exp(log_scale) per image, so sums of paths of different lengths stay exact under the per-step rescale."""
+
+    one = torch.ones(())
+    zero = torch.zeros(())
+
+    @staticmethod
+    def upscale(m, op):
+        return ones_transposed_conv(m, op)
+
+    @staticmethod
+    def mul(a, b):
+        return a * b
+
+    @staticmethod
+    def times(m, k: int):
+        return m * float(k)
+
+    @staticmethod
+    def sum(terms):
+        if len(terms) == 1:
+            return terms[0]
+        top = terms[0][1]
+        for _, l in terms[1:]:
+            top = torch.maximum(top, l)
+        return sum(m * torch.exp(l - top) for m, l in terms), top
+
+    @staticmethod
+    def rescale(m, log_scale):
+        peak = m.amax(dim=(1, 2), keepdim=True)
+        safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+        return m / safe, log_scale + torch.log(safe)
+
+
+def backproject_dag(averages: list, chain: Chain, steps=TorchSteps):
+    """VBP on a DAG of maps (see docs/byom.md): the sum, over every path of the channel-averaged network from an
+    input position to a position of a sink map, of the product of the averaged activations on the path
+    (Theorem 1 of Bojarski et al., with the paths branches add). From the deepest map up:
+    R_P = avg_P * ([P is a sink] + sum over edges P->M of upscale(R_M) * count), and the input gets the sum of
+    upscale(R_M) over the edges leaving it. Returns (relevance at the input size, [R_P deepest first])."""
+    n = len(chain.links)
+    leaving: dict = {i: [] for i in range(-1, n)}
+    for j in range(n):
+        for e in chain.edges(j):
+            leaving[e.source].append((j, e))
+    values = [None] * n
+
+    def arriving(i):
+        terms = []
+        for j, e in leaving[i]:
+            m, log_scale = values[j]
+            for op in reversed(e.ops):
+                m = steps.upscale(m, op)
+            terms.append((steps.times(m, e.count) if e.count != 1 else m, log_scale))
+        return terms
+
+    for i in range(n - 1, -1, -1):
+        terms = arriving(i) + ([(steps.one, steps.zero)] if chain.is_sink(i) else [])
+        m, log_scale = steps.sum(terms)
+        values[i] = steps.rescale(steps.mul(m, averages[i]), log_scale)
+    relevance, _ = steps.sum(arriving(-1))
+    return relevance, [v[0] for v in reversed(values)]
+
+
 def forward_with_averages(model, x, chain: Chain):
     """One forward pass that also returns the channel mean of every post-ReLU conv map."""
     modules = dict(model.named_modules())
@@ -102,7 +167,7 @@ def forward(model, x):
 
 def from_averages(pred, averages: list, chain: Chain) -> Explanation:
     """VBP's result from what `forward` returned."""
-    relevance, inter = backproject(averages, chain)
+    relevance, inter = backproject(averages, chain) if chain.is_chain else backproject_dag(averages, chain)
     return Explanation("vbp", pred, normalize01(relevance), relevance,
                        {"names": chain.names, "averages": averages, "intermediate": inter})
 
