@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -76,14 +77,26 @@ def _add_udacity(dsub) -> None:
     p = dsub.add_parser(
         "udacity", help="ingest Udacity driving data (ROS1 bags, bagdump folders, simulator logs, comma.ai)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Synchronise centre-camera frames with steering and speed (interpolated to each image's "
-                    "timestamp), keep frames faster than --min-speed, convert to gray, crop and scale to each view. "
-                    "SOURCE: a .bag file or folder of bags (/center_camera/image_color[/compressed], "
-                    "/vehicle/steering_report), a bagdump folder (interpolated.csv, or camera.csv + steering.csv, "
-                    "images under center/), a simulator driving_log.csv (or its folder), or a comma.ai folder "
-                    "(camera/*.h5 + log/*.h5). Bad frames are reported, skipped and counted.")
-    p.add_argument("source", help="bag file, folder, interpolated.csv or driving_log.csv")
+        description="Synchronise one camera's frames (the centre camera by default) with steering and speed "
+                    "(interpolated to each image's timestamp, never across a gap of more than 1 s), keep frames "
+                    "faster than --min-speed, convert to gray, crop and scale to each view. SOURCE: a .bag file "
+                    "or folder of bags (/center_camera/image_color[/compressed], /vehicle/steering_report), a "
+                    "udacity-driving-reader bagdump folder (camera.csv + steering.csv and/or interpolated.csv, "
+                    "images under center/), a simulator driving log (header optional) or its folder, or a "
+                    "comma.ai folder (camera/*.h5 + log/*.h5). Files are recognised by their content, not their "
+                    "names; when a folder holds several sources the first usable one is written (bags, "
+                    "camera.csv + steering.csv, interpolated.csv, simulator, comma.ai) unless --format says. "
+                    "Frames keep the source's order; a backward time jump or a gap of more than 1 s starts a new "
+                    "session. Bad frames are reported, skipped and counted; a summary per source ends the run "
+                    "and is kept in the store's preprocess attribute.")
+    p.add_argument("source", help="bag file, folder, bagdump CSV, simulator log or comma.ai .h5 file")
     p.add_argument("--out", required=True, help="output store (.h5)")
+    p.add_argument("--format", default="auto",
+                   help="which source to read when SOURCE holds several: bag, camera-steering, interpolated, "
+                        "simulator or comma")
+    p.add_argument("--camera", metavar="FRAME_ID",
+                   help="camera to read: a bagdump frame_id (default center_camera), a bag camera name or "
+                        "/topic, or the simulator column center/left/right")
     p.add_argument("--views", type=_views, default="svf,hvf", help="comma-separated views to store")
     p.add_argument("--height", type=int, default=135, help="view height in rows")
     p.add_argument("--min-speed", type=float, default=5.0, help="keep frames faster than this (m/s)")
@@ -96,11 +109,18 @@ def _add_udacity(dsub) -> None:
 
 def run_udacity(args) -> int:
     from .preprocess import view_for
-    from .udacity import ingest, open_source
+    from .udacity_ingest import NoUsableSource, ingest_path
 
-    source = open_source(args.source, angle_unit=args.angle_unit, sim_max_angle=args.sim_max_angle)
     views = [view_for(v, args.height) for v in args.views]
-    s = ingest(source, Path(args.out), views, min_speed=args.min_speed)
-    print(f"vbp data udacity: {s.kept} frames -> {args.out} ({s.slow} at or below {args.min_speed:g} m/s dropped, "
-          f"{s.bad} bad frames skipped; {s.fps:.0f} source frames/s)")
+    try:
+        tried = ingest_path(args.source, Path(args.out), views, fmt=args.format, min_speed=args.min_speed,
+                            angle_unit=args.angle_unit, sim_max_angle=args.sim_max_angle, camera=args.camera)
+    except NoUsableSource as e:
+        for s in e.summaries:
+            print(f"vbp data udacity: {s.text()}", file=sys.stderr)
+        raise
+    for s in tried:
+        print(f"vbp data udacity: {s.text()}")
+    s = tried[-1]
+    print(f"vbp data udacity: {s.kept} frames -> {args.out} ({s.fps:.0f} source frames/s)")
     return 0

@@ -14,7 +14,8 @@ Layout (format "vbp-rt-store", version 1)::
 The writer works on a temporary file next to the output (``OUT.<random>.partial``) opened in HDF5
 single-writer/multiple-reader mode, and flushes every ``chunk`` frames: a write that is killed leaves
 that file openable by `StoreReader` with every flushed frame. A successful close renames it to OUT.
-Frames are in time order; the train/test split is by time, as in the paper (first 190/210 train).
+Frames are in the source's order (time order within each recording session); the train/test split is by
+position, as in the paper (first 190/210 train).
 """
 from __future__ import annotations
 
@@ -62,13 +63,14 @@ class StoreWriter:
         self.bad_frames = 0
         self.bad_reasons: list[str] = []
         self._unflushed = 0
+        self.preprocess = dict(preprocess or {})  # written again at close: a writer may add to it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
         self.file = h5py.File(self.tmp, "w-", libver="latest", rdcc_nbytes=CACHE_BYTES)
         f = self.file
         f.attrs.update({"format": FORMAT, "version": VERSION, "source": str(source),
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "preprocess": json.dumps(preprocess or {}, sort_keys=True),
+                        "preprocess": json.dumps(self.preprocess, sort_keys=True),
                         "bad_frames": 0, "bad_reasons": "[]", "fps": float(fps)})
         for name, dtype in PER_FRAME.items():
             f.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
@@ -132,6 +134,7 @@ class StoreWriter:
         """Finish the file (final attributes) and rename it to its destination."""
         self.file.close()
         with h5py.File(self.tmp, "r+") as f:
+            f.attrs["preprocess"] = json.dumps(self.preprocess, sort_keys=True)
             f.attrs["bad_frames"] = self.bad_frames
             f.attrs["bad_reasons"] = json.dumps(self.bad_reasons[:1000])
             f.attrs["frames"] = self.count

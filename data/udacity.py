@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from ..extras import require
+from .images import CorruptImage, decode_image
 from .road import STEERING_RATIO
 
 MIN_SPEED = 5.0  # m/s; slower frames are dropped (paper)
@@ -149,16 +150,11 @@ def refuse_lfs_pointer(path: Path, what: str) -> None:
 
 
 def decode_image_bytes(data: bytes, label: str) -> np.ndarray:
-    """JPEG/PNG bytes -> BGR; truncated or corrupt data is a BadFrame."""
-    data = bytes(data)
-    if not data:
-        raise BadFrame(f"{label}: empty image data")
-    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        raise BadFrame(f"{label}: truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise BadFrame(f"{label}: cannot be decoded as an image (corrupt JPEG/PNG?)")
-    return img
+    """JPEG/PNG bytes -> BGR; truncated or corrupt data is a BadFrame (data.images walks the structure)."""
+    try:
+        return decode_image(data, color=True)
+    except CorruptImage as e:
+        raise BadFrame(f"{label}: cannot be decoded as an image ({e})") from None
 
 
 def _read_image_file(path: Path, label: str) -> np.ndarray:
@@ -395,15 +391,14 @@ def sniff_csv(path: Path) -> str | None:
         return None
     cells = [c.strip() for c in first]
     cols = set(cells)
-    if set(BAGDUMP_IMAGE) <= cols:
-        return "interpolated" if {"angle", "speed"} <= cols else "camera"
-    if set(BAGDUMP_STEERING) <= cols:
+    if cols & {"filename", "frame_id"}:  # missing columns are reported when the file is read
+        return "interpolated" if cols & {"angle", "speed"} else "camera"
+    if {"timestamp", "angle"} <= cols:
         return "steering"
-    if set(SIM_COLUMNS) <= {c.lower() for c in cols}:
+    if {"center", "steering"} <= {c.lower() for c in cols}:
         return "simulator"
-    if len(cells) >= len(SIM_COLUMNS) and cells[0].lower().endswith(IMAGE_SUFFIXES) \
-            and all(_is_number(c) for c in cells[3:7]):
-        return "simulator"
+    if cells[0].lower().endswith(IMAGE_SUFFIXES) and (len(cells) < 4 or _is_number(cells[3])):
+        return "simulator"  # header-less: image paths, then numbers
     return None
 
 
@@ -504,7 +499,7 @@ def _sim_image(folder: Path, text: str, label: str) -> np.ndarray:
     for p in candidates:
         if p.is_file():
             return _read_image_file(p, f"{label} ({p})")
-    raise BadFrame(f"{label}: image {text!r} not found (looked for {', '.join(map(str, candidates))})")
+    raise BadFrame(f"{label}: image '{text}' not found (looked for {', '.join(map(str, candidates))})")
 
 
 def sim_source(path: Path, max_angle: float, camera: str | None = None) -> Source:

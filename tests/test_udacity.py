@@ -1,11 +1,12 @@
-"""Udacity ingest: every source format fabricated small (a real ROS1 bag via rosbags), and every bad input."""
+"""Udacity ingest: every format in the shape its recording tool writes (tests/udacity_fixtures.py; a real ROS1 bag
+via rosbags), every known defect of real logs, and every bad input."""
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import shutil
-from datetime import datetime
+import time
+from datetime import datetime, timedelta, timezone
 
 import cv2
 import h5py
@@ -14,16 +15,13 @@ import pytest
 from vbp_rt.data import cli as data_cli
 from vbp_rt.data.preprocess import VIEWS, prepare
 from vbp_rt.data.store import StoreReader
-from vbp_rt.data.udacity import STEERING_MSG, STEERING_TYPE, open_source
+from vbp_rt.data.udacity import STEERING_MSG, STEERING_TYPE, Measurements
+from vbp_rt.data.udacity_ingest import open_source
+
+from .udacity_fixtures import (REAL_INTERPOLATED_ROW, REAL_T0_NS, append_rows, bagdump, comma_log, frame, lfs_pointer,
+                               sim_log, sim_name, sim_row)
 
 T0 = 1479425440.0  # s
-
-
-def frame(i: int, w: int = 640, h: int = 480) -> np.ndarray:
-    """A distinct BGR frame: gradients plus a per-frame level."""
-    y, x = np.mgrid[0:h, 0:w]
-    img = np.stack([(x * 255 // w), (y * 255 // h), np.full_like(x, 20 + 9 * i)], -1)
-    return img.astype(np.uint8)
 
 
 def jpeg(img: np.ndarray) -> bytes:
@@ -45,7 +43,7 @@ def bag_steering(times):
 
 def run(source, out, **kw):
     args = argparse.Namespace(source=str(source), out=str(out), views=["svf", "hvf"], height=135, min_speed=5.0,
-                              angle_unit="rad", sim_max_angle=25.0)
+                              angle_unit="rad", sim_max_angle=25.0, format="auto", camera=None)
     vars(args).update(kw)
     return data_cli.run_udacity(args)
 
@@ -126,7 +124,7 @@ def test_bag_with_compressed_images(tmp_path):
     attrs = check_store(out, times[keep], np.degrees(a), v, decoded)
     assert attrs["bad_frames"] == 1 and "truncated JPEG" in attrs["bad_reasons"][0]
     assert "drive.bag#7" in attrs["bad_reasons"][0]
-    assert attrs["preprocess"]["ingest"] == "ros1-bag"
+    assert attrs["preprocess"]["ingest"] == "bag"
     with StoreReader(out) as r:
         np.testing.assert_array_equal(r.frame_id, keep)
 
@@ -155,112 +153,305 @@ def test_not_a_bag(tmp_path):
         run(tmp_path / "junk.bag", tmp_path / "out.h5")
 
 
+def test_lfs_pointer_given_as_a_bag(tmp_path):
+    lfs_pointer(tmp_path / "drive.bag")
+    with pytest.raises(ValueError, match=r"drive.bag is a Git LFS pointer, not the ROS1 bag itself"):
+        run(tmp_path / "drive.bag", tmp_path / "out.h5")
+    with pytest.raises(ValueError, match=r"drive.bag is a Git LFS pointer"):  # in a folder of bags too
+        run(tmp_path, tmp_path / "out.h5")
+
+
+def test_lfs_pointers_for_csv_h5_and_images(tmp_path):
+    lfs_pointer(tmp_path / "a" / "driving_log.csv")
+    with pytest.raises(ValueError, match=r"driving_log.csv is a Git LFS pointer"):
+        run(tmp_path / "a" / "driving_log.csv", tmp_path / "out.h5")
+    comma_log(tmp_path / "c", "2016-01-30--11-24-51", [frame(0, 320, 160)], [0.0] * 5, [20.0] * 5)
+    lfs_pointer(tmp_path / "c" / "camera" / "2016-01-30--11-24-51.h5")
+    with pytest.raises(ValueError, match=r"2016-01-30--11-24-51.h5 is a Git LFS pointer"):
+        run(tmp_path / "c", tmp_path / "out.h5")
+    imgs = bagdump(tmp_path / "d", dump_times(6), dump_angle, dump_speed, dump_steer_ns(6))
+    lfs_pointer(tmp_path / "d" / imgs["center_camera"][3][1])
+    assert run(tmp_path / "d", tmp_path / "out.h5") == 0
+    with StoreReader(tmp_path / "out.h5") as r:
+        assert r.attrs["bad_frames"] == 1 and "a Git LFS pointer, not the image" in r.attrs["bad_reasons"][0]
+
+
 # ------------------------------------------------------------------ bagdump folders
 
 
-def write_rows(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        if header:
-            w.writerow(header)
-        w.writerows(rows)
+T0_NS = REAL_T0_NS + 100_000_000  # the fixtures' frames follow the real first row
+
+
+def dump_times(n: int) -> list[int]:
+    return [T0_NS + i * 50_000_000 for i in range(n)]  # 20 frames/s
+
+
+def dump_steer_ns(n: int) -> list[int]:
+    return list(range(T0_NS - 100_000_000, T0_NS + n * 50_000_000 + 200_000_000, 20_000_000))  # 50 Hz reports
+
+
+def dump_angle(t: float) -> float:
+    return 0.2 * math.sin(3 * (t - T0_NS * 1e-9))
+
+
+def dump_speed(t: float) -> float:
+    return 3.0 if t - T0_NS * 1e-9 < 0.07 else 9.0 + (t - T0_NS * 1e-9)  # frames 0 and 1 are slow
+
+
+def dump_expected(images, n: int, skip=()):
+    """Timestamps, angles (degrees), speeds and images of the centre frames faster than 5 m/s but `skip`."""
+    st = np.array(dump_steer_ns(n), np.int64)
+    a = np.array([dump_angle(t * 1e-9) for t in st])
+    v = np.array([dump_speed(t * 1e-9) for t in st])
+    rows = [(ns * 1e-9, math.degrees(np.interp(ns, st, a)), np.interp(ns, st, v), img)
+            for i, (ns, _, img) in enumerate(images["center_camera"]) if i not in skip]
+    rows = [r for r in rows if r[2] > 5.0]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+
+
+@pytest.mark.parametrize("date_only", [False, True])
+def test_interpolated_csv_as_bagdump_writes_it(tmp_path, date_only):
+    """The `index` column is a date-time ("2016-11-17 23:10:15.873184606", or "2016-10-25"); .png images."""
+    images = bagdump(tmp_path, dump_times(8), dump_angle, dump_speed, dump_steer_ns(8), files=("interpolated",),
+                     date_only_index=date_only)
+    lines = (tmp_path / "interpolated.csv").read_text().splitlines()
+    assert lines[1] == REAL_INTERPOLATED_ROW and lines[2].startswith("2016-11-17" if date_only else "2016-11-17 23:")
+    out = tmp_path / "out.h5"
+    assert run(tmp_path, out) == 0
+    attrs = check_store(out, *dump_expected(images, 8))
+    assert attrs["preprocess"]["ingest"] == "interpolated" and attrs["bad_frames"] == 0
+    with StoreReader(out) as r:  # frame_id: the row of interpolated.csv (0 = the real left-camera row)
+        np.testing.assert_array_equal(r.frame_id, [3 * i + 2 for i in range(8)][-len(r):])
 
 
 def test_bagdump_interpolated_csv_with_bad_rows(tmp_path):
-    (tmp_path / "center").mkdir()
-    times = T0 + 0.2 + np.arange(8) * 0.05
-    a, v = steering(times)
-    header = ["index", "timestamp", "width", "height", "frame_id", "filename", "angle", "torque", "speed",
-              "lat", "long", "alt"]
-    rows, images = [], []
-    for i, t in enumerate(times):
-        ns = int(round(t * 1e9))
-        name = f"center/{ns}.jpg"
-        img = frame(i, 320, 240) if i == 3 else frame(i)  # frame 3: wrong size
-        if i != 5:  # frame 5: file missing
-            (tmp_path / name).write_bytes(jpeg(img))
-        angle = "abc" if i == 6 else f"{a[i]:.9f}"  # frame 6: not a number
-        rows.append([i, ns, 640, 480, "center_camera", name, angle, 0, f"{v[i]:.6f}", 0, 0, 0])
-        rows.append([i, ns, 640, 480, "left_camera", f"left/{ns}.jpg", angle, 0, v[i], 0, 0, 0])
-        if i not in (3, 5, 6):
-            images.append(cv2.imdecode(np.frombuffer(jpeg(img), np.uint8), cv2.IMREAD_COLOR))
-    write_rows(tmp_path / "interpolated.csv", header, rows)
+    images = bagdump(tmp_path, dump_times(8), dump_angle, dump_speed, dump_steer_ns(8), files=("interpolated",),
+                     skip_images={("center_camera", 5)})
+    cv2.imwrite(str(tmp_path / images["center_camera"][3][1]), frame(3, 320, 240))  # wrong size
+    path = tmp_path / "interpolated.csv"
+    lines = path.read_text().splitlines()
+    row = 1 + 1 + 3 * 6 + 1  # header, real row, 6 frames of 3 cameras, then frame 6's centre row
+    cells = lines[row].split(",")
+    assert cells[4] == "center_camera"
+    cells[6] = "abc"
+    lines[row] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.h5"
     assert run(tmp_path, out) == 0
-    keep = [0, 1, 2, 4, 7]
-    attrs = check_store(out, times[keep], np.degrees(a[keep]), v[keep], images)
+    attrs = check_store(out, *dump_expected(images, 8, skip=(3, 5, 6)))
     reasons = " | ".join(attrs["bad_reasons"])
     assert attrs["bad_frames"] == 3
     assert "image is 320x240, the source says 640x480" in reasons
-    assert "interpolated.csv line 14: angle 'abc' is not a number" in reasons
-    assert "cannot be read" in reasons and f"{int(round(times[5] * 1e9))}.jpg" in reasons
+    assert f"interpolated.csv line {row + 1}: angle 'abc' is not a number" in reasons
+    assert "cannot be read" in reasons and images["center_camera"][5][1] in reasons
 
 
 def test_bagdump_missing_columns(tmp_path):
-    write_rows(tmp_path / "interpolated.csv", ["index", "timestamp", "filename", "angle"], [[0, 1, "a.jpg", 0]])
+    (tmp_path / "interpolated.csv").write_text("index,timestamp,filename,angle\n2016-10-25,1,a.jpg,0\n")
     with pytest.raises(ValueError, match=r"interpolated.csv: missing column\(s\) width, height, frame_id, speed"):
         run(tmp_path / "interpolated.csv", tmp_path / "out.h5")
 
 
 def test_bagdump_camera_and_steering_csv(tmp_path):
-    (tmp_path / "center").mkdir()
-    times = T0 + 0.2 + np.arange(5) * 0.05
-    cam_rows = []
-    for i, t in enumerate(times):
-        name = f"center/{int(round(t * 1e9))}.jpg"
-        (tmp_path / name).write_bytes(jpeg(frame(i)))
-        cam_rows.append([int(round(t * 1e9)), 640, 480, "center_camera", name])
-    cam_rows.append([int(round((T0 + 5.0) * 1e9)), 640, 480, "center_camera", "center/late.jpg"])  # no steering
-    write_rows(tmp_path / "camera.csv", ["timestamp", "width", "height", "frame_id", "filename"], cam_rows)
-    st = np.arange(T0, T0 + 1.0, 0.03)  # measurements not aligned with the frames: interpolated
-    sa, sv = steering(st)
-    write_rows(tmp_path / "steering.csv", ["timestamp", "angle", "torque", "speed"],
-               [[int(round(t * 1e9)), f"{x:.9f}", 0, f"{y:.6f}"] for t, x, y in zip(st, sa, sv)])
+    images = bagdump(tmp_path, dump_times(6), dump_angle, dump_speed, dump_steer_ns(6), img_format="jpg",
+                     files=("camera", "steering"))
+    with open(tmp_path / "camera.csv", "a") as f:  # a frame long after the last steering report
+        f.write(f"99,{T0_NS + 5 * 10**9},640,480,center_camera,center/late.jpg\n")
     out = tmp_path / "out.h5"
     assert run(tmp_path, out) == 0
-    expect_a = np.degrees(np.interp(times, st, sa))
-    decoded = [cv2.imdecode(np.frombuffer(jpeg(frame(i)), np.uint8), cv2.IMREAD_COLOR) for i in range(5)]
-    attrs = check_store(out, times, expect_a, np.interp(times, st, sv), decoded)
+    times, angles, speeds, _ = dump_expected(images, 6)
+    decoded = [cv2.imread(str(tmp_path / name)) for ns, name, _ in images["center_camera"] if ns * 1e-9 in times]
+    attrs = check_store(out, times, angles, speeds, decoded)
     assert attrs["bad_frames"] == 1 and "no steering measurement" in attrs["bad_reasons"][0]
+    assert attrs["preprocess"]["ingest"] == "camera-steering"
 
 
 def test_camera_csv_without_steering_csv(tmp_path):
-    write_rows(tmp_path / "camera.csv", ["timestamp", "width", "height", "frame_id", "filename"], [])
+    (tmp_path / "camera.csv").write_text("seq,timestamp,width,height,frame_id,filename\n")
     with pytest.raises(ValueError, match="has camera.csv but no steering.csv"):
         run(tmp_path, tmp_path / "out.h5")
+
+
+def test_bagdump_folder_with_all_three_csvs(tmp_path, capsys):
+    """bagdump writes camera.csv, steering.csv and interpolated.csv side by side: camera.csv + steering.csv
+    are read first, interpolated.csv when asked or when the pair fails, and both give the same labels."""
+    images = bagdump(tmp_path, dump_times(8), dump_angle, dump_speed, dump_steer_ns(8))
+    expected = dump_expected(images, 8)
+    assert run(tmp_path, tmp_path / "pair.h5") == 0
+    assert check_store(tmp_path / "pair.h5", *expected)["preprocess"]["ingest"] == "camera-steering"
+    assert run(tmp_path, tmp_path / "interp.h5", format="interpolated") == 0
+    assert check_store(tmp_path / "interp.h5", *expected)["preprocess"]["ingest"] == "interpolated"
+    (tmp_path / "steering.csv").write_text("seq,timestamp,angle,torque,speed\n")  # a broken pair
+    capsys.readouterr()
+    assert run(tmp_path, tmp_path / "fallback.h5") == 0
+    out = capsys.readouterr().out
+    assert "camera.csv + steering.csv" in out and "not used" in out and "no usable steering rows" in out
+    assert check_store(tmp_path / "fallback.h5", *expected)["preprocess"]["ingest"] == "interpolated"
+    with pytest.raises(ValueError, match="no usable steering rows"):
+        run(tmp_path, tmp_path / "pair_only.h5", format="camera-steering")
+    with pytest.raises(ValueError, match=r"no comma source \(found: camera-steering, interpolated\)"):
+        run(tmp_path, tmp_path / "x.h5", format="comma")
+
+
+def test_camera_option_and_the_frame_ids_present(tmp_path, capsys):
+    """A robot recorded with the same reader: its only camera is openmv_cam/camera__link."""
+    fid = "openmv_cam/camera__link"
+    images = bagdump(tmp_path, dump_times(5), dump_angle, dump_speed, dump_steer_ns(5), cameras=(fid,),
+                     camera_size=(320, 240))
+    with pytest.raises(ValueError, match=r"no rows of the centre camera.*frame ids present: "
+                                         r"openmv_cam/camera__link \(5\).*--camera"):
+        run(tmp_path, tmp_path / "out.h5")
+    assert "not used" in capsys.readouterr().err
+    assert run(tmp_path, tmp_path / "out.h5", camera=fid) == 0
+    with StoreReader(tmp_path / "out.h5") as r:
+        assert len(r) == len([1 for ns, _, _ in images[fid] if dump_speed(ns * 1e-9) > 5])
+        assert r.attrs["preprocess"]["camera"] == fid
+    with pytest.raises(ValueError, match=r"no rows of camera 'right_camera'.*openmv_cam/camera__link \(5\)"):
+        run(tmp_path, tmp_path / "other.h5", camera="right_camera")
+
+
+def test_summary_printed_and_stored(tmp_path, capsys):
+    from vbp_rt.cli import main
+
+    n = 6
+    images = bagdump(tmp_path, dump_times(n), dump_angle, dump_speed, dump_steer_ns(n), files=("interpolated",),
+                     skip_images={("center_camera", 4)})
+    out = tmp_path / "out.h5"
+    assert main(["data", "udacity", str(tmp_path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    slow = sum(dump_speed(ns * 1e-9) <= 5 for ns, _, _ in images["center_camera"])
+    kept = n - slow - 1
+    assert (f"bagdump interpolated.csv ({tmp_path / 'interpolated.csv'}): {3 * n + 1} rows read, {kept} frames kept, "
+            f"{slow} dropped by speed, {2 * n + 1} dropped by camera (left_camera ({n + 1}), right_camera ({n})), "
+            f"1 bad, 1 session(s)") in text
+    assert "first bad: interpolated.csv line" in text and images["center_camera"][4][1] in text
+    with StoreReader(out) as r:
+        s = r.attrs["preprocess"]["summary"]
+    assert (s["rows"], s["kept"], s["dropped_speed"], s["bad"], s["sessions"]) == (3 * n + 1, kept, slow, 1, 1)
+    assert s["dropped_camera"] == {"left_camera": n + 1, "right_camera": n}
+    assert images["center_camera"][4][1] in s["bad_reasons"][0]
+    assert s["session_spans"][0]["first_frame"] == 0 and s["session_spans"][0]["kept"] == kept
+
+
+def test_detection_by_content_not_by_name(tmp_path):
+    sim = tmp_path / "sim"
+    sim_log(sim / "driving_log_initial.csv", [(datetime(2017, 1, 3, 9, 0, 0, 100000 * k), 0.1, 0.5, 0, 20.0,
+                                               frame(k, 320, 160)) for k in range(3)])
+    assert run(sim / "driving_log_initial.csv", tmp_path / "a.h5") == 0
+    assert run(sim, tmp_path / "b.h5") == 0
+    dump = tmp_path / "dump"
+    bagdump(dump, dump_times(4), dump_angle, dump_speed, dump_steer_ns(4), files=("interpolated",))
+    (dump / "interpolated.csv").rename(dump / "HMB_1_interp.csv")
+    assert run(dump / "HMB_1_interp.csv", tmp_path / "c.h5") == 0
+    assert run(dump, tmp_path / "d.h5") == 0
+    (tmp_path / "notes.csv").write_text("name,value\nx,1\n")
+    with pytest.raises(ValueError, match=r"notes.csv: not a known Udacity source \(its first line: 'name,value'\)"):
+        run(tmp_path / "notes.csv", tmp_path / "e.h5")
+    shutil.copy(sim / "driving_log_initial.csv", sim / "driving_log.csv")
+    with pytest.raises(ValueError, match=r"several simulator logs \(driving_log.csv, driving_log_initial.csv\)"):
+        run(sim, tmp_path / "f.h5")
 
 
 # ------------------------------------------------------------------ simulator
 
 
-@pytest.mark.parametrize("with_header", [True, False])
-def test_simulator_driving_log(tmp_path, with_header):
-    (tmp_path / "IMG").mkdir()
-    rows, images = [], []
+@pytest.mark.parametrize("style", ["windows", "sample-data"])
+def test_simulator_driving_log(tmp_path, style):
+    """Header-less rows with Windows absolute paths (the simulator), or Udacity's sample data: a header, ", "
+    separators and relative IMG/ paths."""
     steer = [0.0, 0.5, -0.25, 1.0, 0.1]
-    mph = [30.0, 30.0, 8.0, 20.0, 25.0]  # 8 mph = 3.6 m/s: dropped
-    for i in range(5):
-        name = f"center_2016_12_01_13_30_48_{100 * i:03d}.jpg"
-        img = frame(i, 320, 160)
-        (tmp_path / "IMG" / name).write_bytes(jpeg(img))
-        rows.append([f"C:\\Users\\me\\data\\IMG\\{name}", f"IMG/left_{i}.jpg", f"IMG/right_{i}.jpg", steer[i], 0.5, 0,
-                     mph[i]])
-        if i != 2:
-            images.append(cv2.imdecode(np.frombuffer(jpeg(img), np.uint8), cv2.IMREAD_COLOR))
-    header = ["center", "left", "right", "steering", "throttle", "brake", "speed"] if with_header else None
-    write_rows(tmp_path / "driving_log.csv", header, rows)
+    mph = [30.0, 30.19097, 8.0, 20.0, 25.0]  # 8 mph = 3.6 m/s: dropped
+    start = datetime(2016, 12, 1, 13, 30, 48, 287000)
+    samples = [(start.replace(microsecond=287000 + 66000 * i), steer[i], 0.5, 0, mph[i], frame(i, 320, 160))
+               for i in range(5)]
+    kw = {"windows": {}, "sample-data": {"header": True, "separator": ", ", "paths": ""}}[style]
+    written = sim_log(tmp_path / "driving_log.csv", samples, **kw)
+    first = (tmp_path / "driving_log.csv").read_text().splitlines()[0]
+    assert first.startswith("center,left,right" if kw else r"C:\Users\John Doe\Desktop\sim data\IMG\center_2016_")
+    assert written[0].endswith("center_2016_12_01_13_30_48_287.jpg")
     out = tmp_path / "out.h5"
     assert run(tmp_path / "driving_log.csv", out) == 0
     keep = [0, 1, 3, 4]
-    base = datetime(2016, 12, 1, 13, 30, 48).timestamp()  # from the image names, local time
-    times = [base + 0.1 * i for i in keep]
+    times = [sim_utc(samples[i][0]) for i in keep]
     angle = [-steer[i] * 25.0 * 14.8 for i in keep]  # positive steering is to the right in the simulator
-    attrs = check_store(out, times, angle, [mph[i] * 0.44704 for i in keep], images)
+    decoded = [cv2.imread(str(tmp_path / "IMG" / sim_name(samples[i][0]))) for i in keep]
+    attrs = check_store(out, times, angle, [mph[i] * 0.44704 for i in keep], decoded)
     assert attrs["preprocess"]["sim_max_angle_deg"] == 25.0 and attrs["bad_frames"] == 0
 
 
+def sim_utc(when: datetime) -> float:
+    return when.replace(tzinfo=timezone.utc).timestamp()
+
+
+def test_simulator_image_paths_resolved_in_order(tmp_path):
+    """As written (either separator, relative to the log), the log's folder + the last two components, IMG/ +
+    the base name; the log's own text in the error."""
+    t = [datetime(2018, 2, 1, 10, 0, 0, 66000 * k) for k in range(6)]
+    names = [sim_name(x) for x in t]
+    for sub, k in (("IMG", 0), ("IMG_Ori", 1), ("elsewhere/run", 2), ("IMG_Ori", 3), ("IMG", 5)):
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / sub / names[k]), frame(k, 320, 160))
+    cv2.imwrite(str(tmp_path / "IMG" / names[1]), frame(9, 320, 160))  # a stale copy: the path as written wins
+    rows = [rf"C:\Users\John Doe\Desktop\sim data\IMG\{names[0]}",  # -> IMG/ + base name
+            rf"IMG_Ori\{names[1]}",  # relative, Windows separator -> as written
+            str(tmp_path / "elsewhere" / "run" / names[2]),  # absolute and present -> as written
+            rf"D:\old runs\IMG_Ori\{names[3]}",  # -> the log's folder + IMG_Ori\name
+            rf"IMG\{names[4]}",  # missing
+            f"/home/someone/track1/IMG/{names[5]}"]  # POSIX absolute, moved -> IMG/ + base name
+    append_rows(tmp_path / "log.csv", [sim_row(r, "l.jpg", "r.jpg", 0.1, 0.5, 0, 30.0) for r in rows])
+    out = tmp_path / "out.h5"
+    assert run(tmp_path / "log.csv", out) == 0
+    keep = [0, 1, 2, 3, 5]
+    where = ["IMG", "IMG_Ori", "elsewhere/run", "IMG_Ori", None, "IMG"]
+    attrs = check_store(out, [sim_utc(t[k]) for k in keep], [-0.1 * 25 * 14.8] * 5, [30 * 0.44704] * 5,
+                        [cv2.imread(str(tmp_path / where[k] / names[k])) for k in keep])
+    assert attrs["bad_frames"] == 1
+    assert f"log.csv line 5: image 'IMG\\{names[4]}' not found (looked for {tmp_path}" in attrs["bad_reasons"][0]
+
+
+def test_simulator_times_do_not_depend_on_the_time_zone(tmp_path, monkeypatch):
+    t = [datetime(2016, 12, 1, 13, 30, 48, 287000), datetime(2016, 12, 1, 13, 30, 48, 354000)]
+    sim_log(tmp_path / "driving_log.csv", [(x, 0.0, 0.5, 0, 30.0, None) for x in t])
+    stamps = {}
+    try:
+        for tz in ("UTC", "America/Los_Angeles"):
+            monkeypatch.setenv("TZ", tz)
+            time.tzset()
+            stamps[tz] = [s.timestamp for s in open_source(tmp_path / "driving_log.csv").samples]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert stamps["UTC"] == stamps["America/Los_Angeles"] == [sim_utc(x) for x in t]
+
+
+def test_session_jump_keeps_file_order(tmp_path):
+    """A log that appends a 2018 recording after a 2024 one: kept in file order, two sessions."""
+    new = [datetime(2024, 5, 2, 10, 0, 0) + timedelta(seconds=k / 15) for k in range(4)]
+    old = [datetime(2018, 3, 1, 16, 20, 5) + timedelta(seconds=k / 15) for k in range(3)]
+    sim_log(tmp_path / "driving_log.csv", [(x, 0.2, 0.5, 0, 25.0, frame(k, 320, 160)) for k, x in enumerate(new)])
+    sim_log(tmp_path / "driving_log.csv", [(x, -0.2, 0.5, 0, 25.0, frame(k, 320, 160)) for k, x in enumerate(old)])
+    out = tmp_path / "out.h5"
+    assert run(tmp_path, out) == 0
+    with StoreReader(out) as r:
+        np.testing.assert_allclose(r.timestamp, [sim_utc(x) for x in new + old], atol=1e-6)
+        s = r.attrs["preprocess"]["summary"]
+        assert r.attrs["fps"] == pytest.approx(15, rel=0.05)
+    assert s["sessions"] == 2 and [x["first_frame"] for x in s["session_spans"]] == [0, 4]
+    assert [x["kept"] for x in s["session_spans"]] == [4, 3]
+
+
+def test_steering_is_not_interpolated_across_a_gap():
+    """Measurements of two sessions 10 s apart: a frame near the end of the first takes its last value."""
+    m = Measurements(np.array([0.0, 0.02, 0.04, 10.0, 10.02]), np.array([1.0, 1.0, 1.0, 50.0, 50.0]),
+                     np.array([9.0, 9.0, 9.0, 20.0, 20.0]))
+    assert m.at(0.03) == (1.0, 9.0)
+    assert m.at(0.2) == (1.0, 9.0)
+    assert m.at(9.9) == (50.0, 20.0)
+    assert m.at(5.0) is None
+
+
 def test_simulator_log_with_too_few_columns(tmp_path):
-    write_rows(tmp_path / "driving_log.csv", None, [["IMG/a.jpg", "0.1", "3"]])
+    append_rows(tmp_path / "driving_log.csv", ["IMG/a.jpg,0.1,3"])
     with pytest.raises(ValueError, match=r"driving_log.csv: 3 columns, expected 7"):
         run(tmp_path, tmp_path / "out.h5")
 
@@ -268,25 +459,32 @@ def test_simulator_log_with_too_few_columns(tmp_path):
 # ------------------------------------------------------------------ comma.ai
 
 
-def test_comma_layout(tmp_path):
-    (tmp_path / "camera").mkdir()
-    (tmp_path / "log").mkdir()
-    x = np.stack([cv2.cvtColor(frame(i, 320, 160), cv2.COLOR_BGR2RGB).transpose(2, 0, 1) for i in range(4)])
-    with h5py.File(tmp_path / "camera" / "2016-01-30--11-24-51.h5", "w") as f:
-        f["X"] = x
-    ptr = np.repeat(np.arange(4), 5)
-    steer = np.linspace(-10, 10, 20)
-    speed = np.where(ptr == 1, 2.0, 12.0)
-    with h5py.File(tmp_path / "log" / "2016-01-30--11-24-51.h5", "w") as f:
-        f["cam1_ptr"] = ptr.astype(float)
-        f["steering_angle"] = steer
-        f["speed"] = speed
-        f["times"] = 100 + np.arange(20) / 100.0
+def test_comma_steering_angle_is_tenths_of_a_degree_positive_right(tmp_path):
+    """Raw steering_angle over its documented range (about +-5000) becomes +-500 steering wheel degrees with
+    positive to the left, as comma's viewer draws it (-steering_angle / 10)."""
+    rgb = [cv2.cvtColor(frame(i, 320, 160), cv2.COLOR_BGR2RGB) for i in range(4)]
+    raw = np.linspace(-5000, 5000, 20)
+    speed = np.where(np.arange(20) // 5 == 1, 2.0, 12.0)
+    comma_log(tmp_path, "2016-01-30--11-24-51", rgb, raw, speed, t0=100.0)
     out = tmp_path / "out.h5"
     assert run(tmp_path, out) == 0
     keep = [0, 2, 3]
-    check_store(out, [100 + np.arange(20)[ptr == i].mean() / 100 for i in keep],
-                [steer[ptr == i].mean() for i in keep], [12.0] * 3, [frame(i, 320, 160) for i in keep])
+    expect = [-raw[5 * i:5 * i + 5].mean() / 10 for i in keep]
+    attrs = check_store(out, [100 + (5 * i + 2) / 100 for i in keep], expect, [12.0] * 3,
+                        [frame(i, 320, 160) for i in keep])
+    assert expect[0] == pytest.approx(394.737, abs=1e-3) and expect[-1] < -390  # raw -3947 -> 394.7 deg left
+    with StoreReader(out) as r:
+        assert np.abs(r.angle).max() <= 500
+    assert attrs["preprocess"]["ingest"] == "comma"
+
+
+def test_one_comma_file_given(tmp_path):
+    rgb = [cv2.cvtColor(frame(i, 320, 160), cv2.COLOR_BGR2RGB) for i in range(2)]
+    comma_log(tmp_path, "a", rgb, [100.0] * 10, [20.0] * 10)
+    comma_log(tmp_path, "b", rgb, [-100.0] * 10, [20.0] * 10)
+    assert run(tmp_path / "log" / "b.h5", tmp_path / "out.h5") == 0
+    with StoreReader(tmp_path / "out.h5") as r:
+        np.testing.assert_allclose(r.angle, [10.0, 10.0])
 
 
 # ------------------------------------------------------------------ bad sources
@@ -302,23 +500,21 @@ def test_missing_empty_and_unknown_sources(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("hi")
     with pytest.raises(ValueError, match="holds no known Udacity source"):
         open_source(tmp_path / "other")
+    with pytest.raises(ValueError, match="unknown format 'rosbag'"):
+        open_source(tmp_path / "other", fmt="rosbag")
 
 
 def test_nothing_usable_exits_non_zero_and_writes_nothing(tmp_path, capsys):
     from vbp_rt.cli import main
 
-    (tmp_path / "center").mkdir()
-    rows = []
-    for i in range(3):
-        name = f"center/{i}.jpg"
+    images = bagdump(tmp_path, dump_times(3), lambda t: 0.0, lambda t: 10.0, dump_steer_ns(3), img_format="jpg",
+                     files=("interpolated",))
+    for _, name, _ in images["center_camera"]:
         (tmp_path / name).write_bytes(b"\xff\xd8 not a jpeg \xff\xd9")
-        rows.append([i, int(T0 * 1e9) + i, 640, 480, "center_camera", name, 0.0, 0, 10.0])
-    write_rows(tmp_path / "interpolated.csv",
-               ["index", "timestamp", "width", "height", "frame_id", "filename", "angle", "torque", "speed"], rows)
     code = main(["data", "udacity", str(tmp_path), "--out", str(tmp_path / "out.h5")])
     err = capsys.readouterr().err
     assert code != 0
-    assert "cannot be decoded as an image" in err and "center/0.jpg" in err
+    assert "cannot be decoded as an image" in err and images["center_camera"][0][1] in err
     assert "no usable frames" in err and "3 bad" in err
     assert not any(p.name.startswith("out.h5") for p in tmp_path.iterdir())
 
@@ -329,17 +525,38 @@ def test_real_highway_frames_in_a_bagdump_folder(tmp_path, real_data_dir):
     if not src:
         pytest.skip("no lanelines/test_images in the shared footage")
     (tmp_path / "center").mkdir()
-    rows = []
+    lines = ["index,timestamp,width,height,frame_id,filename,angle,torque,speed,lat,long,alt"]
     for i, p in enumerate(src):
         shutil.copy(p, tmp_path / "center" / p.name)
         img = cv2.imread(str(p))
-        rows.append([i, int((T0 + i * 0.05) * 1e9), img.shape[1], img.shape[0], "center_camera",
-                     f"center/{p.name}", 0.01 * i, 0, 20.0])
-    write_rows(tmp_path / "interpolated.csv",
-               ["index", "timestamp", "width", "height", "frame_id", "filename", "angle", "torque", "speed"], rows)
+        lines.append(f"2016-11-17 23:10:1{i}.000000000,{T0_NS + i * 10**9},{img.shape[1]},{img.shape[0]},"
+                     f"center_camera,center/{p.name},{0.01 * i},0.0,20.0,0.0,0.0,0.0")
+    (tmp_path / "interpolated.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.h5"
     assert run(tmp_path, out) == 0
     with StoreReader(out) as r:
         assert len(r) == len(src)
         np.testing.assert_allclose(r.angle, [math.degrees(0.01 * i) for i in range(len(src))], atol=1e-4)
         np.testing.assert_array_equal(r.images("svf")[0], prepare(cv2.imread(str(src[0])), VIEWS["svf"]))
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_bagdump_to_store_to_training_to_explain(tmp_path):
+    """A real-shaped bagdump folder -> `vbp data udacity` -> one epoch of `vbp train` -> `vbp explain`."""
+    from vbp_rt.cli import main
+
+    from .trainer_helpers import HEIGHT, train_args
+
+    n = 24
+    bagdump(tmp_path / "dump", dump_times(n), dump_angle, lambda t: 12.0, dump_steer_ns(n))
+    store, run_dir, masks = tmp_path / "drive.h5", tmp_path / "run", tmp_path / "masks.h5"
+    assert main(["data", "udacity", str(tmp_path / "dump"), "--out", str(store), "--views", "hvf",
+                 "--height", str(HEIGHT)]) == 0
+    with StoreReader(store) as r:
+        assert len(r) == n
+    assert main(["train", *train_args(store, run_dir, "--epochs", 1)]) == 0
+    assert main(["explain", str(run_dir / "last.pt"), str(store), "--out", str(masks)]) == 0
+    with h5py.File(masks) as f:
+        assert f["prediction"].shape == (n,) and f["mask"].shape[0] == n
