@@ -29,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .files import warn_stale
 from .preprocess import View
 
 FORMAT = "vbp-rt-store"
@@ -37,6 +38,7 @@ TRAIN_FRACTION = 190 / 210
 PER_FRAME = {"angle": "f4", "speed": "f4", "timestamp": "f8", "frame_id": "i8"}
 MASKS = ("lane_mask", "distractor_mask")
 CACHE_BYTES = 64 << 20
+DAMAGE = (OSError, RuntimeError, KeyError)  # what h5py raises on a store whose bytes are cut or overwritten
 
 
 def split_slice(n: int, name: str) -> slice:
@@ -52,19 +54,21 @@ class StoreWriter:
     """Append frames to a new store; the file appears at `path` only when the context exits cleanly."""
 
     def __init__(self, path, views, source: str, preprocess: dict | None = None, ground_truth: bool = False,
-                 fps: float = 0.0, chunk: int = 8):
+                 fps: float = 0.0, chunk: int = 8, keep_partial: bool = True):
         self.path = Path(path)
         self.views = list(views)
         if not self.views:
             raise ValueError("a store needs at least one view")
         self.ground_truth = ground_truth
         self.chunk = chunk
+        self.keep_partial = keep_partial
         self.count = 0
         self.bad_frames = 0
         self.bad_reasons: list[str] = []
         self._unflushed = 0
         self.preprocess = dict(preprocess or {})  # written again at close: a writer may add to it
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        warn_stale(self.path, "store")
         self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
         self.file = h5py.File(self.tmp, "w-", libver="latest", rdcc_nbytes=CACHE_BYTES)
         f = self.file
@@ -79,7 +83,8 @@ class StoreWriter:
             g.attrs.update({"width": v.width, "height": v.height, "top": v.top, "bottom": v.bottom})
             for ds in ("image",) + (MASKS if ground_truth else ()):
                 g.create_dataset(ds, (0, v.height, v.width), maxshape=(None, v.height, v.width), dtype="u1",
-                                 chunks=(chunk, v.height, v.width), compression="gzip", compression_opts=1)
+                                 chunks=(chunk, v.height, v.width), compression="gzip", compression_opts=1,
+                                 fletcher32=True)  # a damaged chunk is an error on reading, not wrong pixels
         f.swmr_mode = True
 
     def __enter__(self):
@@ -142,10 +147,10 @@ class StoreWriter:
         return self.path
 
     def abort(self) -> None:
-        """Stop writing; keep the partial file when it holds frames (and say so), else remove it."""
+        """Stop writing; keep the partial file when it holds frames and `keep_partial` (and say so), else remove it."""
         if self.file.id.valid:
             self.file.close()
-        if self.count:
+        if self.count and self.keep_partial:
             print(f"store: write to {self.path} interrupted; {self.count} frames kept in {self.tmp}",
                   file=sys.stderr)
         else:
@@ -172,7 +177,17 @@ class StoreReader:
             try:
                 self.file = h5py.File(self.path, "r", rdcc_nbytes=CACHE_BYTES)
             except OSError as e:
-                raise ValueError(f"{self.path} is not an HDF5 file ({e})") from None
+                with open(self.path, "rb") as f:
+                    hdf5 = f.read(8) == b"\x89HDF\r\n\x1a\n"
+                raise ValueError(f"{self.path} " + ("is a truncated or corrupt HDF5 store" if hdf5 else
+                                                   "is not an HDF5 file") + f" ({e})") from None
+        try:
+            self._check()
+        except DAMAGE as e:  # h5py raises these for a file whose bytes are cut or overwritten
+            self.file.close()
+            raise ValueError(f"{self.path} is a truncated or corrupt HDF5 store ({type(e).__name__}: {e})") from None
+
+    def _check(self) -> None:
         if self.file.attrs.get("format") != FORMAT:
             self.file.close()
             raise ValueError(f"{self.path} is not a vbp-rt store (no attribute format={FORMAT!r}; "
@@ -181,6 +196,8 @@ class StoreReader:
             self.file.close()
             raise ValueError(f"{self.path}: store version {self.file.attrs['version']} is newer than this "
                              f"reader ({VERSION})")
+        if "views" not in self.file or any(k not in self.file for k in PER_FRAME):
+            raise KeyError("datasets missing")
         self.views = sorted(self.file["views"].keys())
         self.refresh()
 

@@ -114,3 +114,101 @@ def test_overlay_matches_the_float_blend(colormap):
 def test_help_explains():
     out = subprocess.run([sys.executable, "-m", "vbp_rt.cli", "explain", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--overlay-dir" in out.stdout and "--method" in out.stdout
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_bad_values_are_refused_before_any_work(checkpoint, images, tmp_path, capsys):
+    for size in ("0", "-3"):
+        assert cli.main(["explain", str(checkpoint), str(images), "--out", str(tmp_path / "o.h5"),
+                         "--batch-size", size]) == 2
+        assert f"--batch-size must be at least 1, got {size}" in capsys.readouterr().err
+    folder = tmp_path / "results"
+    folder.mkdir()
+    assert cli.main(["explain", str(checkpoint), str(images), "--out", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err and not list(folder.iterdir())
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_nan_inf_and_truncated_images_are_skipped_by_name(checkpoint, images, tmp_path, capsys):
+    field = np.random.default_rng(1).random((480, 640), dtype=np.float32)
+    for name, value in (("nan.tiff", np.nan), ("inf.tiff", np.inf)):
+        bad = field.copy()
+        bad[10, 10] = value
+        cv2.imwrite(str(images / name), bad)
+    jpg = cv2.imencode(".jpg", cv2.imread(str(images / "f0.png")))[1].tobytes()
+    (images / "short.jpg").write_bytes(jpg[:len(jpg) // 2])  # libjpeg alone would decode it with a grey bottom
+    out = tmp_path / "o.h5"
+    assert cli.main(["explain", str(checkpoint), str(images), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "nan.tiff" in err and "inf.tiff" in err and "short.jpg" in err and "truncated JPEG" in err
+    with h5py.File(out) as f:
+        assert f.attrs["frames"] == 3 and f.attrs["bad_frames"] == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A NetSVF-shaped network with few channels: many frames explained quickly."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    models.save_checkpoint(path, vbp_rt.build("netsvf", channels=(4, 4, 8, 8), strides=(), fc=(16,)))
+    return path
+
+
+def test_damaged_video_goes_on_past_unreadable_frames(tiny_checkpoint, real_data_dir, tmp_path, capsys):
+    data = bytearray((real_data_dir / "lanelines" / "solidWhiteRight.mp4").read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 300_000] = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    clip = tmp_path / "damaged.mp4"
+    clip.write_bytes(bytes(data))
+    out = tmp_path / "o.h5"
+    assert cli.main(["explain", str(tiny_checkpoint), str(clip), "--out", str(out), "--batch-size", "32"]) == 0
+    err = capsys.readouterr().err
+    with h5py.File(out) as f:
+        frames, bad = int(f.attrs["frames"]), int(f.attrs["bad_frames"])
+        last = f["source"][-1].decode()
+    assert frames > 180 and bad > 0 and frames + bad == 221 and last.endswith("#220")
+    assert "damaged.mp4: frame" in err and "cannot be decoded" in err
+
+
+def test_second_writer_of_the_same_output_is_refused(checkpoint, images, tmp_path, capsys):
+    from vbp_rt.data.files import DestinationLock
+    out = tmp_path / "o.h5"
+    with DestinationLock(out, "vbp explain"):
+        assert cli.main(["explain", str(checkpoint), str(images), "--out", str(out)]) == 2
+    assert "another vbp explain is writing" in capsys.readouterr().err and not out.exists()
+    assert cli.main(["explain", str(checkpoint), str(images), "--out", str(out)]) == 0
+    assert not list(tmp_path.glob(".o.h5*"))  # neither the lock nor a temporary file is left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_results_follow_the_umask(checkpoint, images, tmp_path, umask):
+    import os
+    old = os.umask(umask)
+    try:
+        assert cli.main(["explain", str(checkpoint), str(images), "--out", str(tmp_path / "o.h5"),
+                         "--overlay-dir", str(tmp_path / "ov")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.h5").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "ov").iterdir()} == {0o666 & ~umask}
+
+
+def test_stale_partial_file_is_named_and_damaged_store_is_one_clear_error(checkpoint, images, tmp_path, capsys):
+    stale = tmp_path / f".o.h5.{_dead_pid()}-0123abcd.partial"
+    stale.write_bytes(b"left by a killed run")
+    assert cli.main(["explain", str(checkpoint), str(images), "--out", str(tmp_path / "o.h5")]) == 0
+    assert str(stale) in capsys.readouterr().err and stale.exists()
+    from tests.viewer_helpers import write_drive
+    drive = write_drive(tmp_path / "drive.h5", 4)
+    data = drive.read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[:len(data) // 2])
+    assert cli.main(["explain", str(checkpoint), str(cut), "--out", str(tmp_path / "new" / "c.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "cut.h5 is a truncated or corrupt HDF5 store" in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -14,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from vbp_rt import methods
+from vbp_rt.data.files import DestinationLock, partial_path, publish, warn_stale, write_atomic
 from vbp_rt.data.preprocess import VIEWS, model_view, view_for
 from vbp_rt.data.sources import iter_frames, open_source
 from vbp_rt.dispatch import explain
@@ -37,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--eps", type=float, default=None, help="epsilon for lrp (default 100, as in the paper)")
     p.add_argument("--out", required=True, help="output HDF5 file with /prediction and /mask")
     p.add_argument("--overlay-dir", help="also write each frame with its mask overlaid in red (PNG)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
     p.set_defaults(func=run)
 
 
@@ -100,7 +99,21 @@ def _batches(source, size):
         yield labels, np.stack(images)
 
 
+def _check_outputs(args) -> tuple:
+    """--out and --overlay-dir, checked before any work."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the HDF5 file to write, e.g. {out / 'masks.h5'}")
+    overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
+    if overlay_dir is not None and overlay_dir.exists() and not overlay_dir.is_dir():
+        raise ValueError(f"--overlay-dir {overlay_dir} exists and is not a folder")
+    return out, overlay_dir
+
+
 def run(args) -> int:
+    out, overlay_dir = _check_outputs(args)
     if is_onnx(args.model):
         model, cfg = args.model, onnx_config(args.model)
     else:
@@ -109,13 +122,22 @@ def run(args) -> int:
     options = {} if args.eps is None else {"eps": args.eps}
     methods.check_options(args.method, options)  # fail early on an unknown method or option
     source = FrameSource(args.inputs, cfg)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
-    if overlay_dir:
-        overlay_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with DestinationLock(out, "vbp explain"):
+            warn_stale(out, "vbp explain")
+            if overlay_dir:
+                overlay_dir.mkdir(parents=True, exist_ok=True)
+            n = _write(out, overlay_dir, source, model, cfg, args, options)
+    finally:
+        source.close()
+    print(f"vbp explain: {n} frames -> {out}" + (f" ({source.bad} bad frames skipped)" if source.bad else ""))
+    return 0
+
+
+def _write(out, overlay_dir, source, model, cfg, args, options) -> int:
+    """Explain every frame into a temporary file renamed onto `out` when complete; returns the frame count."""
+    tmp = partial_path(out)
     n = 0
     try:
         with h5py.File(tmp, "w") as f:
@@ -142,7 +164,7 @@ def run(args) -> int:
                     if overlay_dir:
                         for j, label in enumerate(labels):
                             name = f"{n + j:06d}_{Path(label.split('#')[0]).stem}.png"
-                            cv2.imwrite(str(overlay_dir / name), overlay(imgs[j], mask[j]))
+                            write_atomic(overlay_dir / name, cv2.imencode(".png", overlay(imgs[j], mask[j]))[1].tobytes())
                     labels_all += labels
                     n += k
                     bar.update(k)
@@ -151,10 +173,7 @@ def run(args) -> int:
                             "options": json.dumps(options), "frames": n, "bad_frames": source.bad})
         if n == 0:
             raise ValueError(f"no usable frames in {', '.join(args.inputs)} ({source.bad} bad)")
-        os.replace(tmp, out)
+        publish(tmp, out)
     finally:
-        source.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    print(f"vbp explain: {n} frames -> {out}" + (f" ({source.bad} bad frames skipped)" if source.bad else ""))
-    return 0
+        tmp.unlink(missing_ok=True)
+    return n
