@@ -25,11 +25,13 @@ from PyQt5.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from vbp_rt.audit.timeline import load_timeline
 from vbp_rt.data.sources import open_source
 
 from vbp_rt.methods import available as available_methods
 from vbp_rt.overlay import COLORMAPS
 
+from .audit_timeline import AuditTimeline
 from .pipeline import Pipeline
 from .render import composite, write_image
 from .widgets import (
@@ -55,6 +57,7 @@ SHORTCUTS = [
     ("Ctrl+Shift+O", "open a folder of images"),
     ("C", "open a camera"),
     ("M", "open a training run in the monitor"),
+    ("N / P", "next / previous audit event (vbp view SOURCE --audit AUDIT_DIR)"),
     ("F1", "this help"),
     ("Ctrl+Q", "quit"),
 ]
@@ -117,6 +120,7 @@ class ViewerWindow(QMainWindow):
         self.results_shown = 0
         self.messages: list = []  # (kind, text), oldest first
         self.monitors: list = []
+        self.audit_timeline = None
         self.bridge = ResultBridge()
         self.bridge.result_ready.connect(self._show_result, Qt.QueuedConnection)
         self.bridge.event.connect(self._on_event, Qt.QueuedConnection)
@@ -240,6 +244,8 @@ class ViewerWindow(QMainWindow):
         action(p, "10 frames back", "Shift+Left", lambda: self.step(-10))
         action(p, "10 frames forward", "Shift+Right", lambda: self.step(10))
         action(p, "First frame", "Home", lambda: self.seek(0))
+        action(p, "Next audit event", "N", lambda: self._audit_event(1))
+        action(p, "Previous audit event", "P", lambda: self._audit_event(-1))
         action(p, "Real time / as fast as possible", "F",
                lambda: self.transport.realtime.setChecked(not self.transport.realtime.isChecked()))
         action(p, "Faster", ["+", "="], lambda: self._change_speed(1))
@@ -291,6 +297,30 @@ class ViewerWindow(QMainWindow):
         monitor.show()
         self.monitors.append(monitor)
         return monitor
+
+    def attach_audit(self, audit_dir, source_spec):
+        """Show the audit timeline of the open source under the frame; N / P and its buttons jump between events."""
+        try:
+            timeline = load_timeline(audit_dir, source_spec)
+        except (ValueError, OSError) as e:
+            self.show_message("error", str(e))
+            return None
+        if self.audit_timeline is not None:
+            self.audit_timeline.deleteLater()
+        self.audit_timeline = AuditTimeline(timeline)
+        self.audit_timeline.jump.connect(self._jump_to_event)
+        layout = self.centralWidget().layout()
+        layout.insertWidget(layout.indexOf(self.transport), self.audit_timeline)
+        return self.audit_timeline
+
+    def _jump_to_event(self, frame: int) -> None:
+        if self.pipeline is not None and self.pipeline.playing:
+            self.toggle_play()
+        self.seek(frame)
+
+    def _audit_event(self, direction: int) -> None:
+        if self.audit_timeline is not None:
+            self.audit_timeline.go(direction)
 
     def _ask_open_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a video, drive or image", "",
@@ -435,6 +465,8 @@ class ViewerWindow(QMainWindow):
             self.timing_plot.add(r.timings)
         self.timing_table.show_result(r.timings, r.stats, r.dropped, r.bad)
         self.transport.set_position(r.index, r.length)
+        if self.audit_timeline is not None:
+            self.audit_timeline.set_position(r.index)
         self.backend_label.setText(f"backend {r.backend}")
 
     def _on_event(self, kind: str, message: str) -> None:
@@ -463,12 +495,14 @@ class ViewerWindow(QMainWindow):
 
 
 def run_app(runtime_factory, runtime, source_spec, *, methods, backend="auto", realtime=True, speed=1.0,
-            opacity=0.7, colormap="red", save_dir=".", monitor=None) -> int:
+            opacity=0.7, colormap="red", save_dir=".", monitor=None, audit=None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     window = ViewerWindow(runtime_factory, runtime, methods=methods, backend=backend, realtime=realtime, speed=speed,
                           opacity=opacity, colormap=colormap, save_dir=save_dir)
     window.show()
     window.open_source(source_spec, play=True)
+    if audit:
+        window.attach_audit(audit, source_spec)
     if monitor:
         window.open_monitor(monitor)
     return app.exec_()

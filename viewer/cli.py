@@ -47,6 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument("--save-dir", default=".", help="folder for snapshots and recordings (default: current folder)")
     p.add_argument("--monitor", metavar="RUN_DIR", help="also open the training monitor on a `vbp train` run folder")
     p.add_argument("--threads", type=int, help="engine threads (default: the backend's choice)")
+    p.add_argument("--audit", metavar="AUDIT_DIR", help="show the timeline of a `vbp audit` of SOURCE under the "
+                                                       "frame; keys N / P jump to the next / previous event")
     p.set_defaults(func=run)
 
 
@@ -104,6 +106,8 @@ def run(args) -> int:
             raise ValueError("--headless needs --out FILE.mp4 for the overlaid video")
         if args.monitor:
             raise ValueError("--monitor needs the window; it cannot run with --headless")
+        if args.audit:
+            raise ValueError("--audit needs the window; it cannot run with --headless")
     elif not has_display():
         raise ValueError("no display (DISPLAY is not set): run with --headless --out overlay.mp4, "
                          "or set QT_QPA_PLATFORM=offscreen")
@@ -124,4 +128,4 @@ def run(args) -> int:
     from .app import run_app  # Qt: imported only when a window is opened
     return run_app(make, runtime, source_spec, methods=methods, backend=args.backend, realtime=args.realtime is not False,
                    speed=args.speed, opacity=args.opacity, colormap=args.colormap, save_dir=args.save_dir,
-                   monitor=args.monitor)
+                   monitor=args.monitor, audit=args.audit)
