@@ -313,3 +313,66 @@ def test_two_training_processes_share_one_gpu_over_gloo(tmp_path, cuda):
                        timeout=600, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "run" / "last.pt").is_file()
+
+
+# ---- vbp doctor ------------------------------------------------------------------------------------------
+
+def _facts(**change) -> dict:
+    """A GPU machine where everything works; `change` overrides onnxruntime/torch/machine facts."""
+    facts = {"nvidia_gpu": True, "nvidia_smi": ["NVIDIA GeForce GTX 970M, 550.54, 3072 MiB"],
+             "onnxruntime": {"version": "1.20.1", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                             "clashes": {}, "cuda_works": True, "cuda_problem": ""},
+             "torch": {"version": "2.13.0+cu128", "cuda_build": "12.8", "cuda_available": True}}
+    for key, value in change.items():
+        part, _, name = key.partition("__")
+        if name:
+            facts[part][name] = value
+        else:
+            facts[part] = value
+    return facts
+
+
+def test_doctor_names_each_cause_in_one_line():
+    from vbp_rt.cli.doctor import causes
+    assert causes(_facts()) == []
+    cases = {
+        "no NVIDIA GPU": _facts(nvidia_gpu=False, torch__cuda_available=False, torch__cuda_build=None),
+        "two onnxruntime distributions": _facts(onnxruntime__clashes={"/site": ["onnxruntime", "onnxruntime-gpu"]},
+                                                onnxruntime__providers=["CPUExecutionProvider"]),
+        "is a CPU build (providers": _facts(onnxruntime__providers=["AzureExecutionProvider", "CPUExecutionProvider"],
+                                            onnxruntime__cuda_works=False),
+        "libcudnn.so.9": _facts(onnxruntime__cuda_works=False, onnxruntime__cuda_problem="Failed to load library "
+                                "libonnxruntime_providers_cuda.so with error: libcudnn.so.9: cannot open shared object file"),
+        "torch 2.13.0+cpu is a CPU build": _facts(torch__version="2.13.0+cpu", torch__cuda_build=None,
+                                                  torch__cuda_available=False),
+        "sees no GPU": _facts(torch__cuda_available=False),
+    }
+    for expected, facts in cases.items():
+        found = causes(facts)
+        assert len(found) == 1 and expected in found[0] and "\n" not in found[0], (expected, found)
+    placement = {"forward": {"counts": {"CUDAExecutionProvider": 30, "CPUExecutionProvider": 2},
+                             "nodes": {"CPUExecutionProvider": ["Shape (s0)", "Gather (g0)"]}},
+                 "vbp": {"counts": {"CUDAExecutionProvider": 12}, "nodes": {}}}
+    found = causes(_facts(), placement)
+    assert len(found) == 1 and "2 node(s) of NetSVF's forward stage" in found[0] and "Shape (s0), Gather (g0)" in found[0]
+
+
+def test_doctor_on_this_machine(tmp_path, capsys):
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime:" in text and "torch:" in text
+    if not torch.cuda.is_available() and not ort_install.nvidia_gpu():
+        assert "cause: no NVIDIA GPU" in text
+    out = tmp_path / "check.json"
+    assert main(["doctor", "--gpu", "--no-tests", "--no-bench", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["facts"]["onnxruntime"]["distributions"] and report["causes"] == causes_here(report)
+    cpu = report["precision"]["ort-cpu"]
+    assert cpu["mask_max_abs_diff"]["n"] == 8 and cpu["mask_max_abs_diff"]["max"] < 1e-4
+    assert main(["doctor", "--gpu", "--out", str(out)]) == 2  # an earlier report is not overwritten
+    assert "exists" in capsys.readouterr().err
+
+
+def causes_here(report):
+    from vbp_rt.cli.doctor import causes
+    return causes(report["facts"], (report.get("cuda_graph") or {}).get("placement"))

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "view": ("vbp_rt.viewer.cli", "watch what a driving network looks at: video, camera, drive or image folder, live"),
     "audit": ("vbp_rt.audit.cli", "find the frames where a network looks at the wrong thing, across hours of driving"),
     "bench": ("vbp_rt.bench.cli", "latency of forward, VBP, LRP and other libraries' methods; the viewer's frame rate"),
+    "doctor": ("vbp_rt.cli.doctor", "why CUDA is (not) used: onnxruntime/torch builds, providers, causes; --gpu: GPU check"),
 }
 
 
