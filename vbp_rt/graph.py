@@ -10,7 +10,9 @@ import weakref
 from dataclasses import dataclass, field
 
 import torch
+import torch.fx
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 
 def _pair(v) -> tuple:
@@ -175,19 +177,172 @@ def chain_from_trace(entries, input_shape) -> Chain:
     return chain
 
 
-def find_torch_chain(model: nn.Module, input_shape) -> Chain:
-    """Trace `model` on a zero input of `input_shape` (C,H,W) and return its conv/ReLU chain."""
+def _zeros(model: nn.Module, input_shape) -> torch.Tensor:
     p = next(model.parameters(), None)
-    x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu",
-                    dtype=p.dtype if p is not None else torch.float32)
+    return torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu",
+                       dtype=p.dtype if p is not None else torch.float32)
+
+
+def find_torch_chain(model: nn.Module, input_shape) -> Chain:
+    """The conv/ReLU maps of `model` for inputs of `input_shape` (C,H,W): the DAG from torch.fx when the
+    network branches (`dag_module`), else the chain traced on a zero input."""
+    dag = torch_dag(model, input_shape)
+    if dag is not None:
+        return dag[0]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            _, entries = trace(model, x)
+            _, entries = trace(model, _zeros(model, input_shape))
     finally:
         model.train(was_training)
     return require_maps(chain_from_trace(entries, input_shape))
+
+
+_RELU_FUNCTIONS = (torch.relu, torch.nn.functional.relu, torch.relu_)
+MAX_PATHS = 256
+
+
+def _fx_inputs(node, data: set, shape_of) -> list:
+    """fx nodes among `node`'s arguments that carry the image's data as 4-D maps."""
+    found = []
+    torch.fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(a) if a in data else None)
+    return [a for a in dict.fromkeys(found) if len(shape_of(a)) == 4]
+
+
+def torch_dag(model: nn.Module, input_shape):
+    """(Chain with edges, GraphModule returning (prediction, [channel means])) for a network whose maps
+    branch, from its torch.fx graph; None for a plain chain or a model torch.fx cannot trace (then the
+    execution-order trace describes it). Cached per model and input shape."""
+    key = ("dag", tuple(input_shape))
+    cached = _CHAINS.get(model, {}).get(key, False)
+    if cached is not False:
+        return cached
+    result = _fx_dag(model, tuple(input_shape))
+    _CHAINS.setdefault(model, {})[key] = result
+    return result
+
+
+def _fx_dag(model: nn.Module, input_shape):
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:  # data-dependent control flow and friends: fx raises many kinds
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(_zeros(model, input_shape))
+    finally:
+        model.train(was_training)
+
+    def shape_of(n):
+        meta = n.meta.get("tensor_meta")
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
+
+    modules = dict(gm.named_modules())
+    nodes = list(gm.graph.nodes)
+    source = next(n for n in nodes if n.op == "placeholder")
+    output = next(n for n in nodes if n.op == "output")
+    target = output.args[0][0] if isinstance(output.args[0], (tuple, list)) else output.args[0]
+    data = {source}
+    for n in nodes:
+        found = []
+        torch.fx.node.map_arg((n.args, n.kwargs), found.append)
+        if any(a in data for a in found):
+            data.add(n)
+    relevant, todo = set(), [target]
+    while todo:
+        n = todo.pop()
+        if n in relevant or not isinstance(n, torch.fx.Node):
+            continue
+        relevant.add(n)
+        torch.fx.node.map_arg((n.args, n.kwargs), todo.append)
+
+    def is_relu(n):
+        return ((n.op == "call_module" and isinstance(modules[n.target], nn.ReLU))
+                or (n.op == "call_function" and n.target in _RELU_FUNCTIONS)
+                or (n.op == "call_method" and n.target in ("relu", "relu_")))
+
+    def spatial(n):
+        if n.op != "call_module":
+            return None
+        (inp,) = _fx_inputs(n, data, shape_of)[:1] or (None,)
+        return spatial_op(modules[n.target], shape_of(inp)[-2:], shape_of(n)[-2:]) if inp is not None else None
+
+    maps: dict = {}
+    links = []
+    for node in nodes:
+        if node not in relevant or not is_relu(node) or len(shape_of(node)) != 4:
+            continue
+        paths = []
+
+        def walk(n, seq):
+            if len(paths) > MAX_PATHS:
+                raise ValueError(f"more than {MAX_PATHS} paths lead into {node.name} from the previous maps: "
+                                 "this block is not handled")
+            if n is source or n in maps:
+                paths.append((maps.get(n, -1), seq[::-1]))
+                return
+            inputs = _fx_inputs(n, data, shape_of)
+            if not inputs:
+                raise ValueError(f"{n.name} ({n.op} {n.target}) turns a non-map tensor into a map on the way to "
+                                 f"{node.name}: VisualBackProp follows only 4-D feature maps")
+            for a in inputs:
+                walk(a, seq + [n])
+
+        for a in _fx_inputs(node, data, shape_of):
+            walk(a, [])
+        ops_of = {}
+        for _, seq in paths:
+            for n in seq:
+                op = spatial(n)
+                if op is None and tuple(shape_of(n)[-2:]) != tuple(shape_of(_fx_inputs(n, data, shape_of)[0])[-2:]):
+                    raise ValueError(f"{n.name} ({n.target}) changes the map size in a way VisualBackProp cannot "
+                                     "invert; supported: Conv2d, MaxPool2d, AvgPool2d")
+                ops_of[n] = op
+        if not any(op is not None and op.kind == "conv" for op in ops_of.values()):
+            continue
+        counts: dict = {}
+        for src, seq in paths:
+            k = (src, tuple(ops_of[n] for n in seq if ops_of[n] is not None))
+            counts[k] = counts.get(k, 0) + 1
+        edges = tuple(Edge(src, ops, k) for (src, ops), k in counts.items())
+        maps[node] = len(links)
+        name = node.target if node.op == "call_module" and node.target not in [k.name for k in links] else node.name
+        links.append(MapLink(name, tuple(shape_of(node)[1:]), edges[0].ops, edges))
+    if not links:
+        return None
+    for node, i in maps.items():
+        links[i].sink = _fx_reaches(node, target, maps)
+    chain = Chain(tuple(input_shape), links)
+    if chain.is_chain:
+        return None
+    return chain, _with_means(gm, list(maps))
+
+
+def _fx_reaches(node, target, maps) -> bool:
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n is target:
+            return True
+        for u in n.users:
+            if u not in seen and u not in maps:
+                seen.add(u)
+                todo.append(u)
+    return False
+
+
+def _with_means(gm, map_nodes):
+    """A GraphModule sharing `gm`'s layers that returns (prediction, [channel mean of each map])."""
+    graph = gm.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    with graph.inserting_before(output):
+        means = [graph.call_method("mean", (n,), {"dim": 1}) for n in map_nodes]
+    output.args = ((output.args[0], means),)
+    gm.recompile()
+    return gm
 
 
 def require_maps(chain: Chain) -> Chain:

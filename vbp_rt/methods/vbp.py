@@ -15,6 +15,7 @@ from ..graph import (
     chain_from_trace,
     remember_chain,
     require_maps,
+    torch_dag,
     trace,
 )
 from ..result import Explanation, normalize01
@@ -23,7 +24,12 @@ from . import register
 
 
 def _first_forward(model, x):
-    """Find the chain and the averages in one forward (the first call for a model and input shape)."""
+    """Find the chain and the averages in one forward (the first call for a model and input shape); a network
+    whose maps branch is described by its torch.fx graph (graph.torch_dag) and runs through it."""
+    dag = torch_dag(model, tuple(x.shape[1:]))
+    if dag is not None:
+        remember_chain(model, x.shape[1:], dag[0])
+        return _dag_forward(dag[1], x) + (dag[0],)
     means, handles = {}, []
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.ReLU):
@@ -155,12 +161,21 @@ def forward_with_averages(model, x, chain: Chain):
     return pred, averages
 
 
+def _dag_forward(module, x):
+    with torch.no_grad():
+        pred, averages = module(x)
+    return pred, list(averages)
+
+
 def forward(model, x):
     """The forward pass VBP rides on: (prediction, channel means shallow -> deep, chain). The first call for a
     model and input shape also finds the chain (in the same pass); later calls hook the cached chain."""
     chain = cached_chain(model, x.shape[1:])
     if chain is None:
         return _first_forward(model, x)
+    if not chain.is_chain:
+        pred, averages = _dag_forward(torch_dag(model, tuple(x.shape[1:]))[1], x)
+        return pred, averages, chain
     pred, averages = forward_with_averages(model, x, chain)
     return pred, averages, chain
 
