@@ -157,10 +157,16 @@ def chain_from_trace(entries, input_shape) -> Chain:
     """Post-ReLU conv maps in execution order, with the spatial ops leading to each."""
     chain = Chain(tuple(input_shape))
     pending, seen_conv = [], False
+    previous = None
     for e in entries:
         m = e.module
         if e.input is None or e.input.dim() != 4:
             break  # flatten / linear head: the conv chain is over
+        if previous is not None and tuple(e.input.shape[-2:]) != tuple(previous.output.shape[-2:]):
+            raise ValueError(f"between layers {previous.name} and {e.name} the map size changes from "
+                             f"{tuple(previous.output.shape[-2:])} to {tuple(e.input.shape[-2:])} outside a module "
+                             "(slicing, padding, interpolation?): VisualBackProp cannot invert it")
+        previous = e
         op = spatial_op(m, e.input.shape[-2:], e.output.shape[-2:])
         if op is not None:
             pending.append(op)
@@ -228,6 +234,8 @@ def _fx_dag(model: nn.Module, input_shape):
         gm = torch.fx.symbolic_trace(model)
     except Exception:  # data-dependent control flow and friends: fx raises many kinds
         return None
+    if not _branches(gm.graph):
+        return None  # one path: the execution-order trace inside the first forward describes it
     was_training = model.training
     model.eval()
     try:
@@ -319,6 +327,20 @@ def _fx_dag(model: nn.Module, input_shape):
     if chain.is_chain:
         return None
     return chain, _with_means(gm, list(maps))
+
+
+def _branches(graph) -> bool:
+    """Whether the image's data splits or merges anywhere (a node with two data inputs or two data users)."""
+    data = set()
+    for n in graph.nodes:
+        found = []
+        torch.fx.node.map_arg((n.args, n.kwargs), found.append)
+        inputs = {a for a in found if a in data}
+        if n.op == "placeholder" or inputs:
+            data.add(n)
+        if len(inputs) > 1 or (n in data and sum(u.op != "output" for u in n.users) > 1):
+            return True
+    return False
 
 
 def _fx_reaches(node, target, maps) -> bool:
