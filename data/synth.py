@@ -11,7 +11,6 @@ The label is the steering wheel angle in degrees (road wheel angle x 14.8), posi
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import shortcut
+from .files import partial_path, publish, warn_stale
 from .ground import DN0, DS0, LEVELS, Camera, GroundPainter, level_scale
 from .preprocess import crop_view, to_gray, view_for
 from .road import SEGMENT, STEERING_RATIO, WHEELBASE, Driver, Road
@@ -29,6 +29,7 @@ from .traffic import Traffic
 
 MASK_THRESHOLD = 64  # coverage (0-255) from which a view pixel counts as lane marking / distractor
 AHEAD = 250.0  # m of road kept painted ahead of the car (3 px below the horizon)
+MIN_HEIGHT = 16  # rows of the smallest view a store may hold
 
 
 @dataclass
@@ -42,6 +43,24 @@ class SynthOptions:
     lighting: float = 1.0  # strength of exposure/colour changes (0: constant)
     noise: float = 1.0  # sensor noise strength
     shortcut: str = ""  # a shortcut cue, data.shortcut KIND[:MODE] ("": none)
+
+    def __post_init__(self):
+        if self.frames < 1:
+            raise ValueError(f"--frames must be at least 1, got {self.frames}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be a positive number, got {self.fps}")
+        for name in ("shadows", "cars", "crossings_per_km", "lighting", "noise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0 (0: none), got {value}")
+
+
+def check_height(height: int, views) -> None:
+    """A view height from MIN_HEIGHT rows up to the most the 480-row camera frame holds for every view."""
+    highest = min(int(v.bottom * v.height // (v.bottom - v.top)) for v in (view_for(name) for name in views))
+    if not MIN_HEIGHT <= height <= highest:
+        raise ValueError(f"--height must be between {MIN_HEIGHT} and {highest} rows for views {', '.join(views)} "
+                         f"(the crop must fit in the 480-row camera frame), got {height}")
 
 
 @dataclass
@@ -205,7 +224,8 @@ class _Video:
     def __init__(self, path, fps):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.partial{self.path.suffix or '.mp4'}")
+        warn_stale(self.path, "vbp data synth")
+        self.tmp = partial_path(self.path, self.path.suffix or ".mp4")
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))
         if not self.writer.isOpened():
             raise OSError(f"cannot write video {self.path} (OpenCV mp4v writer failed to open {self.tmp})")
@@ -216,14 +236,19 @@ class _Video:
     def close(self, ok: bool):
         self.writer.release()
         if ok:
-            os.replace(self.tmp, self.path)
+            publish(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
 
 
 def write_synth(out, options: SynthOptions, views=("svf", "hvf"), height: int = 135, video=None,
                 batch: int = 32, progress: bool = True) -> dict:
-    """Generate a drive into a store (and optionally a video); returns a summary with frames/s."""
+    """Generate a drive into a store (and optionally a video); returns a summary with frames/s. Everything that
+    can be checked is checked before the first frame; an interrupted run removes its partial files."""
+    check_height(height, views)
+    for path, what in ((out, "store"), (video, "video")):
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"the output {what} {path} is a folder; give a file name")
     vs = [view_for(v, height) for v in views]
     drive = Drive(options)
     meta = {"generator": "data.synth", "options": asdict(options), "views": {v.name: v.to_dict() for v in vs},
@@ -237,7 +262,7 @@ def write_synth(out, options: SynthOptions, views=("svf", "hvf"), height: int = 
     try:
         target = shortcut.partial_path(out) if drive.cue else out  # the cue's masks are added before the rename
         with StoreWriter(target, vs, source=f"synthetic drive, seed {options.seed}", preprocess=meta,
-                         ground_truth=True, fps=options.fps) as w:
+                         ground_truth=True, fps=options.fps, keep_partial=False) as w:
             buf = []
             for frame in tqdm(drive, total=options.frames, unit="frame", desc="vbp data synth",
                               disable=None if progress else True):

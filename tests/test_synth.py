@@ -168,3 +168,42 @@ def test_synth_rejects_zero_frames(tmp_path):
                               shadows=1, cars=1, crossings_per_km=1, lighting=1, noise=1, no_distractors=True)
     with pytest.raises(ValueError, match="--frames must be at least 1"):
         data_cli.run_synth(args)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--height", "10", "--height must be between 16 and 239 rows"),
+    ("--height", "0", "--height must be between 16"),
+    ("--height", "400", "--height must be between 16 and 239 rows"),
+    ("--shadows", "-3", "--shadows must be a finite number >= 0"),
+    ("--noise", "nan", "--noise must be a finite number >= 0"),
+    ("--cars", "inf", "--cars must be a finite number >= 0"),
+])
+def test_synth_rejects_bad_values_before_writing(tmp_path, capsys, option, value, message):
+    from vbp_rt import cli
+    assert cli.main(["data", "synth", "--frames", "2", "--out", str(tmp_path / "x.h5"), option, value]) == 2
+    assert message in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_synth_output_folder_is_refused_before_the_first_frame(tmp_path, monkeypatch):
+    from vbp_rt.data import synth
+    monkeypatch.setattr(synth, "Drive", lambda *a: pytest.fail("a frame was generated"))
+    (tmp_path / "folder").mkdir()
+    for out, video in ((tmp_path / "folder", None), (tmp_path / "x.h5", tmp_path / "folder")):
+        with pytest.raises(ValueError, match="is a folder"):
+            synth.write_synth(out, SynthOptions(frames=2), views=("svf",), video=video)
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"]
+
+
+def test_synth_names_stale_partial_files_of_a_killed_run(tmp_path, capsys):
+    import subprocess
+    import sys
+    from vbp_rt import cli
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [tmp_path / f".d.mp4.{dead.pid}-00aa11bb.partial.mp4", tmp_path / f"d.h5.{dead.pid}-00aa11bb.partial"]
+    for p in stale:
+        p.write_bytes(b"left by a killed run")
+    assert cli.main(["data", "synth", "--frames", "2", "--views", "svf", "--out", str(tmp_path / "d.h5"),
+                     "--video", str(tmp_path / "d.mp4")]) == 0
+    err = capsys.readouterr().err
+    assert all(str(p) in err for p in stale)
