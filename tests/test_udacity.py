@@ -398,15 +398,15 @@ def test_simulator_image_paths_resolved_in_order(tmp_path):
             rf"D:\old runs\IMG_Ori\{names[3]}",  # -> the log's folder + IMG_Ori\name
             rf"IMG\{names[4]}",  # missing
             f"/home/someone/track1/IMG/{names[5]}"]  # POSIX absolute, moved -> IMG/ + base name
-    append_rows(tmp_path / "log.csv", [sim_row(r, "l.jpg", "r.jpg", 0.1, 0.5, 0, 30.0) for r in rows])
+    append_rows(tmp_path / "driving_log.csv", [sim_row(r, "l.jpg", "r.jpg", 0.1, 0.5, 0, 30.0) for r in rows])
     out = tmp_path / "out.h5"
-    assert run(tmp_path / "log.csv", out) == 0
+    assert run(tmp_path / "driving_log.csv", out) == 0
     keep = [0, 1, 2, 3, 5]
     where = ["IMG", "IMG_Ori", "elsewhere/run", "IMG_Ori", None, "IMG"]
     attrs = check_store(out, [sim_utc(t[k]) for k in keep], [-0.1 * 25 * 14.8] * 5, [30 * 0.44704] * 5,
                         [cv2.imread(str(tmp_path / where[k] / names[k])) for k in keep])
     assert attrs["bad_frames"] == 1
-    assert f"log.csv line 5: image 'IMG\\{names[4]}' not found (looked for {tmp_path}" in attrs["bad_reasons"][0]
+    assert f"driving_log.csv line 5: image 'IMG\\{names[4]}' not found (looked for {tmp_path}" in attrs["bad_reasons"][0]
 
 
 def test_simulator_times_do_not_depend_on_the_time_zone(tmp_path, monkeypatch):
@@ -549,14 +549,14 @@ def test_bagdump_to_store_to_training_to_explain(tmp_path):
 
     from .trainer_helpers import HEIGHT, train_args
 
-    n = 24
-    bagdump(tmp_path / "dump", dump_times(n), dump_angle, lambda t: 12.0, dump_steer_ns(n))
+    n = 16
+    bagdump(tmp_path / "dump", dump_times(n), dump_angle, lambda t: 12.0, dump_steer_ns(n), img_format="jpg")
     store, run_dir, masks = tmp_path / "drive.h5", tmp_path / "run", tmp_path / "masks.h5"
     assert main(["data", "udacity", str(tmp_path / "dump"), "--out", str(store), "--views", "hvf",
                  "--height", str(HEIGHT)]) == 0
     with StoreReader(store) as r:
         assert len(r) == n
-    assert main(["train", *train_args(store, run_dir, "--epochs", 1)]) == 0
+    assert main(["train", *train_args(store, run_dir, "--epochs", 1, "--snapshots", "", "--threads", 1)]) == 0
     assert main(["explain", str(run_dir / "last.pt"), str(store), "--out", str(masks)]) == 0
     with h5py.File(masks) as f:
         assert f["prediction"].shape == (n,) and f["mask"].shape[0] == n
