@@ -217,3 +217,59 @@ def test_ship_half_precision_and_evaluate(run, tmp_path):
     assert full["mask_on_lane"] == pytest.approx(on_lane, rel=1e-4)
     assert full["lane_area"] == pytest.approx(lane.mean(axis=(1, 2)).mean())
     assert full["distractor_area"] == pytest.approx(40 / 351)
+
+
+def test_existing_run_is_refused_and_overwrite_moves_it_aside(run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code, err = run_cli(train_args(_store_of(run), out, "--epochs", "1"), capsys)
+    assert code == 2 and f"vbp train --resume {out}" in err and "new --out" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    code, err = run_cli(train_args(_store_of(run), out, "--epochs", "1", "--overwrite"), capsys)
+    assert code == 0
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and f"moved the earlier run {out} to {aside[0]}" in err
+    assert {p.name: p.read_bytes() for p in aside[0].iterdir() if p.is_file()} == before
+    assert read_checkpoint(out / "last.pt")["position"]["epoch"] == 1
+
+
+def _store_of(run):
+    return read_checkpoint(run[0] / "last.pt")["train_config"]["store"]
+
+
+def test_damaged_store_is_one_error_and_creates_nothing(store, tmp_path, capsys):
+    cut = tmp_path / "cut.h5"
+    data = store.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    code, err = run_cli(train_args(cut, tmp_path / "run"), capsys)
+    assert code == 2 and f"{cut} is a truncated or corrupt HDF5 store" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_checks_before_any_work(run, tmp_path, capsys, monkeypatch):
+    from vbp_rt.trainer import train as train_module
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    config = (out / "config.json").read_bytes()
+    other = build("netsvf", height=HEIGHT, channels=(4, 4, 8, 8), strides=(), fc=(16,))
+    ckpt = read_checkpoint(out / "last.pt")
+    ckpt["train_config"] = dict(ckpt["train_config"], arch="netsvf")
+    save_checkpoint(out / "last.pt", other, **{k: v for k, v in ckpt.items()
+                                                if k not in ("format", "version", "config", "state_dict")})
+    monkeypatch.setattr(train_module.Trainer, "run", lambda self: pytest.fail("training started"))
+    code, err = run_cli(["--resume", str(out)], capsys)
+    assert code == 2 and "does not belong to this run" in err and "netsvf" in err and "nethvf" in err
+    assert (out / "config.json").read_bytes() == config
+    code, err = run_cli(["--resume", str(out / "last.pt")], capsys)
+    assert code == 2 and "takes the run folder" in err and f"--resume {out}" in err
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    import os
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path / "m.pt", build("nethvf", height=HEIGHT, channels=(4, 4), strides=(), fc=(8,)))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o640

@@ -21,7 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("store", nargs="?", help="training store (.h5 from `vbp data`); its train split trains")
     p.add_argument("--arch", choices=["netsvf", "nethvf"], help="network: netsvf (640x135 view 'svf') or "
                                                                 "nethvf (351x135 view 'hvf')")
-    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--out", help="run directory to create (a folder holding a run is refused: see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="train into --out even if it holds a run; the old run "
+                                                            "is moved aside to OUT.old-DATE-TIME, not deleted")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt "
                                                        "(--epochs, --lr, --flip, --device, --workers may be changed)")
     p.add_argument("--epochs", type=int, help=f"epochs to train (default {DEFAULTS['epochs']}, as in the paper)")
@@ -64,6 +66,8 @@ def run(args) -> int:
     if args.resume:
         fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "snapshots",
                              "probes", "seed", "height", "net", "checkpoint_minutes") if getattr(args, o) is not None]
+        if args.overwrite:
+            fixed.append("overwrite")
         if fixed:
             raise ValueError(f"--resume continues a run with its own settings; do not give "
                              f"{', '.join('--' + o.replace('_', '-') if o != 'store' else 'STORE' for o in fixed)}")
@@ -82,7 +86,8 @@ def run(args) -> int:
                 options["net"] = json.loads(args.net)
             except json.JSONDecodeError as e:
                 raise ValueError(f"--net expects a JSON object, got {args.net!r} ({e})") from None
-        result = train(TrainConfig(store=args.store, arch=args.arch, out=args.out, **options))
+        result = train(TrainConfig(store=args.store, arch=args.arch, out=args.out, **options),
+                       overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         print(f"best validation RMSE {result['best_val_rmse']:.3f} deg")
     return 0

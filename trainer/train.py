@@ -374,9 +374,68 @@ def write_config(cfg: TrainConfig) -> None:
     os.replace(tmp, path)
 
 
+def preflight(cfg: TrainConfig) -> None:
+    """Check the network against the stores (readable, views, sizes, labels) before anything is written."""
+    overrides = dict(cfg.net)
+    if "channels" in overrides:
+        overrides.setdefault("strides", ())
+    net = build(cfg.arch, height=cfg.height, **overrides).config
+    check_store(cfg.store, "train", net.view, net.height, net.width, cfg.batch_size)
+    val_path, val_split = (cfg.val_store, "all") if cfg.val_store else (cfg.store, "test")
+    check_store(val_path, val_split, net.view, net.height, net.width, 1)
+
+
+def claim_run_dir(out, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that holds a run, unless `overwrite`, which moves that run aside."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if not held:
+        return
+    if not overwrite:
+        raise ValueError(f"{out} already holds a run ({', '.join(held)}); continue it with `vbp train --resume {out}`, "
+                         f"train into a new --out, or pass --overwrite to move the old run aside")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = next(p for p in (out.with_name(f"{out.name}.old-{stamp}" + (f"-{i}" if i else "")) for i in range(1000))
+                 if not p.exists())
+    os.replace(out, aside)
+    print(f"vbp train: moved the earlier run {out} to {aside}", file=sys.stderr)
+
+
+def _check_resume_matches(run_dir: Path, tc: dict, ckpt: dict) -> None:
+    """last.pt, config.json and runlog.h5 of a run folder must describe the same network."""
+    arch = tc.get("arch")
+    if ckpt.get("config", {}).get("arch") not in (None, arch):
+        raise ValueError(f"{run_dir / 'last.pt'} holds a {ckpt['config']['arch']} network but its training settings "
+                         f"say {arch}; it is not this run's checkpoint")
+    config = run_dir / "config.json"
+    if config.is_file():
+        try:
+            written = json.loads(config.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{config} is not readable JSON ({e}); it is written by `vbp train --out`") from None
+        differ = [k for k in ("arch", "height", "net") if k in written and written[k] != tc.get(k)]
+        if differ:
+            raise ValueError(f"{run_dir / 'last.pt'} does not belong to this run: its "
+                             + ", ".join(f"{k} {tc.get(k)!r}" for k in differ) + f" differ from {config} ("
+                             + ", ".join(f"{k} {written[k]!r}" for k in differ) + "); nothing was changed")
+    log = run_dir / "runlog.h5"
+    if log.is_file():
+        with RunLogReader(log) as r:
+            logged = r.file.attrs.get("arch")
+        if logged is not None and logged != arch:
+            raise ValueError(f"{run_dir / 'last.pt'} holds a {arch} run but {log} records a {logged} run; "
+                             f"nothing was changed")
+
+
 def load_resume(run_dir) -> tuple:
     """(TrainConfig, checkpoint) of RUN_DIR/last.pt, with clear errors for a missing or foreign file."""
     path = Path(run_dir) / "last.pt"
+    if Path(run_dir).is_file():
+        hint = (f"; to continue that run: --resume {Path(run_dir).parent}"
+                if Path(run_dir).name in RUN_FILES else "")
+        raise ValueError(f"--resume takes the run folder written by `vbp train --out`, not a file ({run_dir}){hint}")
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist (expected one written by `vbp train --out`)")
     if not path.is_file():
@@ -392,13 +451,16 @@ def load_resume(run_dir) -> tuple:
                          f"expected RUN_DIR/last.pt written by `vbp train`")
     tc = dict(ckpt["train_config"])
     tc["out"] = str(run_dir)
+    _check_resume_matches(Path(run_dir), tc, ckpt)
     return TrainConfig(**tc), ckpt
 
 
 def train(cfg: TrainConfig | None = None, resume_dir=None, epochs: int | None = None, lr: float | None = None,
-          device: str | None = None, workers: int | None = None, flip: float | None = None) -> dict:
+          device: str | None = None, workers: int | None = None, flip: float | None = None,
+          overwrite: bool = False) -> dict:
     """Train a new run (`cfg`) or continue one (`resume_dir`, optionally with more `epochs`, another `lr` or
-    `flip`)."""
+    `flip`). A new run refuses a folder holding a run unless `overwrite` (the old run is moved aside); the
+    stores and the run folder are checked before anything is written."""
     ckpt = None
     if resume_dir is not None:
         cfg, ckpt = load_resume(resume_dir)
@@ -407,9 +469,14 @@ def train(cfg: TrainConfig | None = None, resume_dir=None, epochs: int | None = 
             if value is not None:
                 setattr(cfg, name, value)
         cfg.__post_init__()  # the changed settings are checked like new ones
+    preflight(cfg)
+    if ckpt is None and not overwrite:
+        claim_run_dir(cfg.out)  # every process refuses alike
     ctx = distributed.setup(cfg.device)
     try:
         if ctx.main:
+            if ckpt is None and overwrite:
+                claim_run_dir(cfg.out, overwrite=True)
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
             write_config(cfg)
         distributed.barrier(ctx)

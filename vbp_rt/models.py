@@ -147,6 +147,9 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give it a normal file's permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
