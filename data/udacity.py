@@ -207,7 +207,7 @@ def _camera_text(camera: str | None) -> str:
 
 
 def counts_text(counts: dict) -> str:
-    return ", ".join(f"{k or '(empty)'} ({n})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return ", ".join(f"{k or '(empty)'} ({n})" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _select_camera(frame_ids: list[str], camera: str | None, where: Path) -> tuple[list[int], dict]:

@@ -153,6 +153,19 @@ def test_not_a_bag(tmp_path):
         run(tmp_path / "junk.bag", tmp_path / "out.h5")
 
 
+def test_bag_camera_option(tmp_path, capsys):
+    times = T0 + 0.2 + np.arange(4) * 0.05
+    write_bag(tmp_path / "drive.bag", [(t, frame(i)) for i, t in enumerate(times)])
+    assert run(tmp_path / "drive.bag", tmp_path / "left.h5", camera="left_camera") == 0
+    assert "4 dropped by camera (/center_camera/image_color/compressed (4))" in capsys.readouterr().out
+    with StoreReader(tmp_path / "left.h5") as r:
+        assert len(r) == 4 and r.attrs["preprocess"]["camera_topics"] == ["/left_camera/image_color/compressed"]
+    with pytest.raises(ValueError, match=r"no topic of camera 'rear'.*image topics: "
+                                         r"/center_camera/image_color/compressed \(4\), "
+                                         r"/left_camera/image_color/compressed \(4\)"):
+        run(tmp_path / "drive.bag", tmp_path / "rear.h5", camera="rear")
+
+
 def test_lfs_pointer_given_as_a_bag(tmp_path):
     lfs_pointer(tmp_path / "drive.bag")
     with pytest.raises(ValueError, match=r"drive.bag is a Git LFS pointer, not the ROS1 bag itself"):
