@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "data": ("vbp_rt.data.cli", "make HDF5 driving stores (synthetic drives, Udacity ingest)"),
     "eval": ("vbp_rt.evaluation.cli", "measure the faithfulness of every attribution method (Markdown/CSV/PNG report)"),
     "train": ("vbp_rt.trainer.cli", "train NetSVF/NetHVF on an HDF5 store (or resume a run)"),
+    "train-eval": ("vbp_rt.trainer.eval_cli", "steering accuracy of a model on several drives: per-drive table and plot"),
     "view": ("vbp_rt.viewer.cli", "watch what a driving network looks at: video, camera, drive or image folder, live"),
     "audit": ("vbp_rt.audit.cli", "find the frames where a network looks at the wrong thing, across hours of driving"),
     "bench": ("vbp_rt.bench.cli", "latency of forward, VBP, LRP and other libraries' methods; the viewer's frame rate"),

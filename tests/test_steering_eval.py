@@ -1,0 +1,125 @@
+"""vbp train-eval / trainer.steering_eval: per-drive steering metrics, worst stretch, table, plot, seeds."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.trainer_helpers import HEIGHT, make_store
+from vbp_rt.cli import main
+from vbp_rt.data.store import StoreReader
+from vbp_rt.models import build, save_checkpoint
+from vbp_rt.trainer import drives, steering_eval
+
+
+def test_metrics_of_a_biased_predictor():
+    label = np.sin(np.arange(500) / 30) * 10
+    m = steering_eval.metrics(label + 2.5, label)
+    assert m["bias"] == pytest.approx(2.5) and m["rmse"] == pytest.approx(2.5)
+    assert m["corr"] == pytest.approx(1.0)
+    assert m["zero_rmse"] == pytest.approx(np.sqrt(np.mean(label ** 2)))
+    assert m["ratio"] == pytest.approx(2.5 / m["zero_rmse"])
+    assert m["mean_pred"] - m["mean_label"] == pytest.approx(2.5)
+
+
+def test_worst_stretch_is_located():
+    label = np.full(1000, 4.0)
+    pred = label.copy()
+    pred[530:630] += 6.0  # the worst 100 frames
+    pred[100:150] += 7.0  # higher error but only 50 frames: its 100-frame windows score less
+    w = steering_eval.worst_stretch(pred, label, 100)
+    assert (w["start"], w["stop"]) == (530, 630)
+    assert w["rmse"] == pytest.approx(6.0) and w["zero_rmse"] == pytest.approx(4.0)
+    # against a brute-force search
+    brute = max(range(901), key=lambda i: np.mean((pred[i:i + 100] - label[i:i + 100]) ** 2))
+    assert brute == w["start"]
+
+
+def test_worst_stretch_of_a_short_drive_is_the_whole_drive():
+    w = steering_eval.worst_stretch(np.ones(30), np.zeros(30), 100)
+    assert (w["start"], w["stop"], w["rmse"]) == (0, 30, 1.0)
+
+
+class Biased(torch.nn.Module):
+    """Reads the angle back from the bar position of trainer_helpers.make_store, plus a fixed bias."""
+
+    def __init__(self, config, bias):
+        super().__init__()
+        self.config, self.bias = config, bias
+
+    def forward(self, x):
+        w = x.shape[-1]
+        col = (x[:, 0, 0] > 200 / 255).float()
+        centre = (col * torch.arange(w)).sum(1) / col.sum(1)
+        return ((centre - w / 2 + 0.5) * 50 / w + self.bias)[:, None]
+
+
+def test_evaluate_finds_a_known_bias_per_drive(tmp_path):
+    paths = [make_store(tmp_path / f"d{i}.h5", frames=50, seed=i) for i in range(3)]
+    model = Biased(build("nethvf", height=HEIGHT, channels=(4, 4), strides=(), fc=(8,)).config, bias=-1.75)
+    result = steering_eval.evaluate(model, [str(p) for p in paths], batch_size=16)
+    assert [r["drive"] for r in result["drives"]] == ["d0", "d1", "d2"]
+    for row, path in zip(result["drives"], paths):
+        with StoreReader(path) as r:
+            angle = r.angle[:].astype(np.float64)
+        assert row["bias"] == pytest.approx(-1.75, abs=0.35)  # the bar is 16 px wide: +-0.07 deg per frame
+        assert row["zero_rmse"] == pytest.approx(np.sqrt(np.mean(angle ** 2)))
+        assert row["corr"] > 0.99
+    assert result["all"]["frames"] == 150 and result["all"]["max_abs_bias"] == pytest.approx(1.75, abs=0.35)
+    assert result["all"]["median_ratio"] == pytest.approx(np.median([r["ratio"] for r in result["drives"]]))
+
+
+def test_seed_lists():
+    assert drives.parse_seeds("1001-1003,7") == [1001, 1002, 1003, 7]
+    assert drives.is_seed_list("11, 12") and not drives.is_seed_list("drive.h5")
+    with pytest.raises(ValueError, match="backwards"):
+        drives.parse_seeds("5-3")
+    with pytest.raises(ValueError, match="seeds like"):
+        drives.parse_seeds("a-b")
+
+
+def test_train_eval_command_writes_table_csv_plot_and_refuses_to_overwrite(tmp_path, capsys):
+    paths = [make_store(tmp_path / f"d{i}.h5", frames=40, seed=i) for i in range(2)]
+    model = build("nethvf", height=HEIGHT, channels=(4, 4), strides=(), fc=(8,))
+    save_checkpoint(tmp_path / "m.pt", model)
+    out = tmp_path / "eval"
+    args = ["train-eval", str(tmp_path / "m.pt"), *map(str, paths), "--out", str(out), "--window", "10"]
+    assert main(args) == 0
+    md = (out / "steering.md").read_text()
+    assert "| d0 |" in md and "| d1 |" in md and "| all |" in md
+    rows = list(csv.DictReader(io.StringIO((out / "steering.csv").read_text())))
+    assert [r["drive"] for r in rows] == ["d0", "d1", "all"]
+    saved = json.loads((out / "steering.json").read_text())
+    assert float(rows[0]["rmse"]) == pytest.approx(saved["drives"][0]["rmse"], rel=1e-5)
+    assert (out / "steering.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = (out / "steering.md").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err and (out / "steering.md").read_bytes() == before
+    assert main(args + ["--force"]) == 0
+
+
+def test_train_eval_bad_inputs(tmp_path, capsys):
+    assert main(["train-eval", "netsvf", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing.h5 does not exist" in capsys.readouterr().err
+    assert main(["train-eval", "netsvf", "--out", str(tmp_path / "o")]) == 2
+    assert "at least one DRIVE or --seeds" in capsys.readouterr().err
+    assert main(["train-eval", "netsvf", "--seeds", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "seeds like" in capsys.readouterr().err
+    make_store(tmp_path / "h.h5", frames=10)  # hvf only
+    assert main(["train-eval", "netsvf", str(tmp_path / "h.h5"), "--out", str(tmp_path / "o")]) == 2
+    assert "no view 'svf'" in capsys.readouterr().err
+
+
+def test_synthetic_drives_from_seeds_are_written_once(tmp_path):
+    first = drives.resolve(["5"], 6, tmp_path, progress=False)
+    assert first == [str(tmp_path / "synth_s5_f6.h5")]
+    stamp = (tmp_path / "synth_s5_f6.h5").stat().st_mtime_ns
+    assert drives.resolve(["5"], 6, tmp_path, progress=False) == first
+    assert (tmp_path / "synth_s5_f6.h5").stat().st_mtime_ns == stamp
+    with StoreReader(first[0]) as r:
+        assert len(r) == 6 and r.attrs["preprocess"]["options"]["seed"] == 5

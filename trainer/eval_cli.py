@@ -1,0 +1,62 @@
+"""`vbp train-eval MODEL DRIVE... [--seeds 1001-1008 --frames 600] --out DIR`: steering accuracy per drive."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FILES = ("steering.md", "steering.csv", "steering.json", "steering.png")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train-eval", help="steering accuracy of a model on several drives (table and plot)",
+        description="Measure a steering model on several drives: per drive and over all of them the RMSE, the "
+                    "RMSE of always predicting 0 and the ratio of the two, the mean error (bias, prediction minus "
+                    "label), the correlation and the worst stretch of --window frames. Writes OUT/steering.md, "
+                    ".csv, .json and a plot of prediction against label over time (steering.png).",
+        epilog="example: vbp train-eval netsvf --seeds 1001-1008 --frames 600 --out eval/netsvf")
+    p.add_argument("model", help="model: netsvf, nethvf, a checkpoint (RUN_DIR/best.pt) or an ONNX file")
+    p.add_argument("drives", nargs="*", metavar="DRIVE", help="stores with steering angles (.h5 from `vbp data`)")
+    p.add_argument("--seeds", help="also synthetic drives of these seeds, e.g. 1001-1008 or 11,12,90417")
+    p.add_argument("--frames", type=int, default=600, help="frames per synthetic drive (default 600)")
+    p.add_argument("--drives-dir", help="where synthetic drives are written and reused (default OUT/drives)")
+    p.add_argument("--out", required=True, help="output folder for the table and the plot")
+    p.add_argument("--window", type=int, default=100, help="frames in a stretch (default 100, 5 s)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
+    p.add_argument("--force", action="store_true", help="replace the results of an earlier run in OUT")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from vbp_rt.files import atomic_write
+
+    from . import drives, steering_eval
+
+    out = Path(args.out)
+    if args.frames < 1 or args.window < 1 or args.batch_size < 1:
+        raise ValueError("--frames, --window and --batch-size must be positive")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    earlier = [f for f in FILES if (out / f).exists()]
+    if earlier and not args.force:
+        raise ValueError(f"{out} already holds {', '.join(earlier)}; use --force to replace them or choose another --out")
+    items = list(args.drives) + ([args.seeds] if args.seeds else [])
+    if args.seeds:
+        drives.parse_seeds(args.seeds)
+    if not items:
+        raise ValueError("give at least one DRIVE or --seeds")
+    paths = drives.resolve(items, args.frames, args.drives_dir or out / "drives")
+    result = steering_eval.evaluate(args.model, paths, args.batch_size, args.window)
+    title = f"{args.model} on {len(paths)} drives"
+    table = steering_eval.markdown(result, title=f"Steering accuracy of {args.model}")
+    atomic_write(out / "steering.md", table.encode())
+    atomic_write(out / "steering.csv", steering_eval.csv_text(result).encode())
+    atomic_write(out / "steering.json", json.dumps({"model": str(args.model), "drives": result["drives"],
+                                                    "all": result["all"]}, indent=2).encode())
+    if not args.no_plot:
+        tmp = out / ".steering.tmp.png"
+        steering_eval.plot(result, tmp, title=title, window=args.window)
+        tmp.replace(out / "steering.png")
+    print(table, end="")
+    return 0

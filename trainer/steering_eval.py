@@ -1,0 +1,151 @@
+"""Steering accuracy of a model on several drives: per drive and over all of them.
+
+Per drive: RMSE, RMSE of always predicting 0 and their ratio, mean error (bias, prediction minus
+label), correlation, mean label and prediction, and the worst stretch of `window` consecutive frames
+(highest RMSE). Over all drives: the same on the pooled frames, plus the median and worst per-drive
+ratio and the largest |bias|. `vbp train-eval` writes them as Markdown and CSV and plots prediction
+against label over time.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vbp_rt.data.store import StoreReader
+from vbp_rt.models import load_model, to_input
+
+from .drives import drive_name
+
+WINDOW = 100  # frames in a "stretch" (5 s at 20 frames/s)
+
+
+@torch.no_grad()
+def predict(model, store, batch_size: int = 32, split: str = "all") -> tuple:
+    """(predictions, labels) in degrees, float64, for every frame of a split of a store."""
+    cfg = model.config
+    model.eval()
+    with StoreReader(store) as r:
+        if cfg.view not in r.views:
+            raise ValueError(f"store {store} has no view {cfg.view!r} for {cfg.arch} "
+                             f"(it has {', '.join(r.views) or 'none'})")
+        v = r.view(cfg.view)
+        if (v.height, v.width) != (cfg.height, cfg.width):
+            raise ValueError(f"store {store}: view {cfg.view!r} is {v.width}x{v.height}, "
+                             f"{cfg.arch} expects {cfg.width}x{cfg.height}")
+        s = r.split(split)
+        images = r.images(cfg.view)
+        preds = [model(to_input(images[i:min(i + batch_size, s.stop)], cfg))[:, 0].double().numpy()
+                 for i in tqdm(range(s.start, s.stop, batch_size), desc=drive_name(store), unit="batch",
+                               leave=False)]
+        angle = r.angle[s].astype(np.float64)
+    return (np.concatenate(preds) if preds else np.zeros(0)), angle
+
+
+def worst_stretch(pred, label, window: int = WINDOW) -> dict:
+    """The `window` consecutive frames with the highest RMSE: start, stop (exclusive), rmse, zero_rmse."""
+    err2, lab2 = (np.asarray(pred) - label) ** 2, np.asarray(label) ** 2
+    w = min(window, len(err2))
+    if w == 0:
+        return {"start": 0, "stop": 0, "rmse": math.nan, "zero_rmse": math.nan}
+    sums = np.convolve(err2, np.ones(w), "valid")
+    i = int(np.argmax(sums))
+    return {"start": i, "stop": i + w, "rmse": float(np.sqrt(sums[i] / w)),
+            "zero_rmse": float(np.sqrt(lab2[i:i + w].mean()))}
+
+
+def metrics(pred, label, window: int = WINDOW) -> dict:
+    """Steering metrics of predictions against labels (degrees)."""
+    pred, label = np.asarray(pred, np.float64), np.asarray(label, np.float64)
+    if len(pred) != len(label) or len(pred) == 0:
+        raise ValueError(f"need equal, non-zero numbers of predictions and labels, got {len(pred)}, {len(label)}")
+    err = pred - label
+    rmse, zero = float(np.sqrt(np.mean(err ** 2))), float(np.sqrt(np.mean(label ** 2)))
+    corr = float(np.corrcoef(pred, label)[0, 1]) if pred.std() > 0 and label.std() > 0 else math.nan
+    worst = worst_stretch(pred, label, window)
+    return {"frames": len(pred), "rmse": rmse, "zero_rmse": zero, "ratio": rmse / zero if zero else math.inf,
+            "bias": float(err.mean()), "corr": corr, "mean_label": float(label.mean()),
+            "mean_pred": float(pred.mean()), "worst_start": worst["start"], "worst_rmse": worst["rmse"],
+            "worst_ratio": worst["rmse"] / worst["zero_rmse"] if worst["zero_rmse"] else math.inf}
+
+
+def evaluate(model, stores, batch_size: int = 32, window: int = WINDOW) -> dict:
+    """{"drives": [{name, path, metrics...}], "all": pooled metrics + median/max ratio, max |bias|,
+    "series": {name: (pred, label)}} for a model (name, path or module) on several stores."""
+    model = load_model(model) if not isinstance(model, torch.nn.Module) else model
+    rows, series = [], {}
+    for path in tqdm(stores, desc="drives", unit="drive", disable=len(stores) < 2):
+        pred, label = predict(model, path, batch_size)
+        name = drive_name(path)
+        series[name] = (pred, label)
+        rows.append({"drive": name, "path": str(path), **metrics(pred, label, window)})
+    pooled = metrics(np.concatenate([p for p, _ in series.values()]),
+                     np.concatenate([lab for _, lab in series.values()]), window)
+    ratios = np.array([r["ratio"] for r in rows])
+    pooled.update(median_ratio=float(np.median(ratios)), max_ratio=float(ratios.max()),
+                  max_abs_bias=float(max(abs(r["bias"]) for r in rows)), drives=len(rows))
+    return {"drives": rows, "all": pooled, "series": series}
+
+
+COLUMNS = (("drive", "drive", "{}"), ("frames", "frames", "{}"), ("rmse", "RMSE (deg)", "{:.2f}"),
+           ("zero_rmse", "zero predictor (deg)", "{:.2f}"), ("ratio", "ratio", "{:.3f}"),
+           ("bias", "bias (deg)", "{:+.2f}"), ("corr", "correlation", "{:.3f}"),
+           ("mean_label", "mean label", "{:+.2f}"), ("mean_pred", "mean prediction", "{:+.2f}"),
+           ("worst_start", "worst stretch from", "{}"), ("worst_rmse", "worst stretch RMSE", "{:.2f}"),
+           ("worst_ratio", "worst stretch ratio", "{:.3f}"))
+
+
+def table_rows(result: dict) -> list:
+    """Per-drive rows and a final "all" row (pooled frames)."""
+    return result["drives"] + [{"drive": "all", **result["all"]}]
+
+
+def markdown(result: dict, title: str = "") -> str:
+    head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    lines = ([f"{title}", ""] if title else []) + [head, "|" + "---|" * len(COLUMNS)]
+    for row in table_rows(result):
+        lines.append("| " + " | ".join(f.format(row[k]) for k, _, f in COLUMNS) + " |")
+    a = result["all"]
+    lines += ["", f"{a['drives']} drives: median ratio {a['median_ratio']:.3f}, worst ratio {a['max_ratio']:.3f}, "
+                  f"largest |bias| {a['max_abs_bias']:.2f} deg (the \"all\" row pools every frame)."]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(result: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([k for k, _, _ in COLUMNS])
+    for row in table_rows(result):
+        w.writerow([row[k] if isinstance(row[k], str) else f"{row[k]:.6g}" for k, _, _ in COLUMNS])
+    return buf.getvalue()
+
+
+def plot(result: dict, path, title: str = "", window: int = WINDOW, fps: float = 20.0) -> None:
+    """Prediction and label over time, one panel per drive, the worst stretch shaded."""
+    from vbp_rt.extras import pyplot  # matplotlib is the optional [report] extra
+
+    plt = pyplot("plotting prediction against label")
+    n = len(result["drives"])
+    fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n + 0.6), squeeze=False, sharey=True)
+    for ax, row in zip(axes[:, 0], result["drives"]):
+        pred, label = result["series"][row["drive"]]
+        t = np.arange(len(label)) / fps
+        ax.plot(t, label, color="0.2", lw=1.0, label="label")
+        ax.plot(t, pred, color="tab:red", lw=0.9, label="prediction")
+        w0, w1 = row["worst_start"], min(row["worst_start"] + window, len(label))
+        ax.axvspan(w0 / fps, w1 / fps, color="tab:orange", alpha=0.18, lw=0)
+        ax.set_title(f"{row['drive']}: ratio {row['ratio']:.2f}, bias {row['bias']:+.1f} deg, "
+                     f"r {row['corr']:.2f}", fontsize=8, loc="left")
+        ax.set_ylabel("deg", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("time (s); shaded: worst stretch", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
