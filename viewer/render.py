@@ -2,12 +2,14 @@
 headless mode, recording and snapshots write. Masks and colours come from `vbp_rt.overlay`."""
 from __future__ import annotations
 
-import os
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
+from vbp_rt.data.files import partial_path, publish, warn_stale
 from vbp_rt.overlay import overlay, to_bgr
 
 OUTLINE = (0, 220, 0)  # BGR
@@ -68,60 +70,80 @@ def composite(result, width: int = 640) -> np.ndarray:
     return np.vstack(parts)
 
 
-def _partial(path: Path) -> Path:
-    """A temporary name beside `path` that keeps its suffix (OpenCV picks the format from it)."""
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
-
-
 def write_image(path, image: np.ndarray) -> Path:
     """Write an image atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(path)
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"cannot write image {path} (unknown image suffix or unwritable folder)")
-    os.replace(tmp, path)
-    return path
+    tmp = partial_path(path, path.suffix)  # OpenCV picks the format from the suffix
+    try:
+        if not cv2.imwrite(str(tmp), image):
+            raise OSError(f"cannot write image {path} (unknown image suffix or unwritable folder)")
+        return publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class VideoRecorder:
-    """Writes BGR frames to an mp4v video under a temporary name; `close()` renames it into place.
+    """Writes BGR frames to a video under a temporary name; `close()` renames it into place.
 
-    The size is taken from the first frame, padded to even numbers (the codec drops an odd last row or
-    column); later frames of another size are scaled to the first one's.
+    The video is MPEG-4 Part 2 in a fragmented MP4 (`.mp4`, `.m4v`, `.mov`) or Matroska (`.mkv`), written
+    through FFmpeg (PyAV) with a keyframe every second: if the process is killed, the temporary file
+    (named by the next run) still plays up to about the last second written. The size is taken from the
+    first frame, padded to even numbers; later frames of another size are scaled to the first one's.
     """
+
+    FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mp4", ".mkv": "matroska"}
+    FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 
     def __init__(self, path, fps: float):
         self.path = Path(path)
+        self.format = self.FORMATS.get(self.path.suffix.lower())
+        if self.format is None:
+            raise OSError(f"cannot write video {self.path}: give a .mp4 or .mkv file name")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _partial(self.path)
+        warn_stale(self.path, "vbp view")
+        self.tmp = partial_path(self.path, self.path.suffix)
         self.fps = fps
-        self.writer = None
+        self.container = None
+        self.stream = None
         self.size = None
         self.frames = 0
 
+    def _open(self, w: int, h: int) -> None:
+        try:
+            self.container = av.open(str(self.tmp), "w", format=self.format,
+                                     options=self.FRAGMENTED if self.format == "mp4" else {"flush_packets": "1"})
+        except (av.FFmpegError, OSError) as e:
+            raise OSError(f"cannot write video {self.path} ({e})") from None
+        self.stream = self.container.add_stream("mpeg4", rate=Fraction(self.fps).limit_denominator(1001))
+        self.stream.width, self.stream.height = w + w % 2, h + h % 2
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.bit_rate = int(min(20e6, max(1e6, 0.25 * w * h * self.fps)))
+        self.stream.codec_context.gop_size = max(1, round(self.fps))  # a keyframe, so a fragment, per second
+
     def write(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
-        if self.writer is None:
+        if self.container is None:
             self.size = (w, h)
-            padded = (w + w % 2, h + h % 2)
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, padded)
-            if not self.writer.isOpened():
-                self.writer = None
-                raise OSError(f"cannot write video {self.path} (OpenCV has no mp4v writer for this suffix)")
+            self._open(w, h)
         if (w, h) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         w, h = self.size
         if w % 2 or h % 2:
             image = cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_CONSTANT)
-        self.writer.write(image)
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")):
+            self.container.mux(packet)
         self.frames += 1
 
     def close(self) -> Path | None:
         """Finish the file; returns its path, or None when no frame was written."""
-        if self.writer is None:
+        if self.container is None:
             return None
-        self.writer.release()
-        self.writer = None
-        os.replace(self.tmp, self.path)
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+            self.container = None
+        publish(self.tmp, self.path)
         return self.path
