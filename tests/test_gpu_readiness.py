@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 from packaging.requirements import Requirement
+from vbp_rt.bench import timing
+from vbp_rt.trainer import distributed
 
 from tests.conftest import randomize_bn
 from vbp_rt import explain, ort_install, precision, sessions
-from vbp_rt.bench import timing
 from vbp_rt.cli import main
 from vbp_rt.models import build, save_checkpoint
 from vbp_rt.runtime import Runtime, output_devices, private_copy
-from vbp_rt.trainer import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 ORT_DISTRIBUTIONS = {"onnxruntime", "onnxruntime-gpu"}
@@ -212,7 +212,7 @@ def test_torch_fp32_switches_are_restored():
 def test_bench_times_ort_cuda_without_torch_cuda(monkeypatch, tmp_path, net):
     """The layout the bootstrap makes on a GPU machine whose torch is a CPU build: onnxruntime runs CUDA,
     torch.cuda asserts. Here an ort-cpu Runtime stands in for ort-cuda."""
-    import vbp_rt.runtime as runtime
+    from vbp_rt import runtime
 
     def no_cuda(*a, **k):
         raise AssertionError("Torch not compiled with CUDA enabled")

@@ -13,11 +13,11 @@ VBP_ORT=cpu or VBP_ORT=gpu overrides the choice.
 """
 from __future__ import annotations
 
-from importlib import metadata
 import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 EXTRAS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}  # extra -> the distribution it installs

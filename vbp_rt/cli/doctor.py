@@ -269,7 +269,8 @@ def run(args) -> int:
                 print(f"mask vs torch-cpu, {key:<16} {value.get('error')}")
         if "cuda_graph" in report:
             cg = report["cuda_graph"]
-            print(f"CUDA graph: {cg.get('error') or 'median %.2f ms per call' % cg['call_ms']['median']}")
+            text = cg.get("error") or f"median {cg['call_ms']['median']:.2f} ms per call"
+            print(f"CUDA graph: {text}")
         if not args.no_bench:
             for backend in gpu_backends:
                 print(f"GPU check: vbp bench --quick --backends {backend} ...", file=sys.stderr)
