@@ -1,9 +1,11 @@
 """`vbp export MODEL --out MODEL.onnx`: ONNX files with the maps exposed, VBP inside the graph, LRP inside the graph."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from vbp_rt import onnx_graph, onnx_io
+from vbp_rt.data.files import partial_path, publish, warn_stale
 from vbp_rt.graph import find_torch_chain
 from vbp_rt.models import load_model, resolve_model_path
 from vbp_rt.onnx_model import is_onnx
@@ -41,7 +43,27 @@ def _parse_shape(text):
 
 
 def run(args) -> int:
+    """Write the variants into a hidden folder beside OUT, then rename them into place together: a kill
+    leaves the earlier files as they were (the next run names the folder it left)."""
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the .onnx file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    warn_stale(out, "vbp export")
+    stage = partial_path(out)
+    stage.mkdir()
+    try:
+        staged = _export(args, stage / out.name)
+        written = {variant: publish(path, out.parent / Path(path).name) for variant, path in staged.items()}
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    for variant, path in written.items():
+        print(f"  {variant:4s} -> {path} ({Path(path).stat().st_size / 1e6:.1f} MB)")
+    return 0
 
+
+def _export(args, out) -> dict:
+    """The chosen variants written next to `out`; returns {variant: path}."""
     shape = _parse_shape(args.input_shape)
     source = resolve_model_path(args.model)
     foreign = is_onnx(source)
@@ -55,17 +77,15 @@ def run(args) -> int:
             raise ValueError("the LRP variant is traced from a vbp-rt torch checkpoint; an .onnx input gets maps, vbp")
         model = onnx_graph.load(source)
         chain = onnx_graph.find_onnx_chain(model, shape)
-        paths = onnx_io.variant_paths(args.out)
+        paths = onnx_io.variant_paths(out)
         built = {"maps": lambda: onnx_io.expose_maps(model, chain),
                  "vbp": lambda: onnx_io.append_vbp_head(model, chain)}
         written = {v: onnx_io.save(built[v](), paths[v]) for v in variants}
     else:
         model = load_model(source)
         chain = None
-        written = onnx_io.export(model, args.out, variants, eps=args.eps, input_shape=shape, opset=args.opset)
+        written = onnx_io.export(model, out, variants, eps=args.eps, input_shape=shape, opset=args.opset)
     if chain is None:
         chain = find_torch_chain(model, model.config.input_shape)
     print(f"vbp export: {len(chain.links)} post-ReLU conv maps ({', '.join(chain.names)})")
-    for variant, path in written.items():
-        print(f"  {variant:4s} -> {path} ({Path(path).stat().st_size / 1e6:.1f} MB)")
-    return 0
+    return written
