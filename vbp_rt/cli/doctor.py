@@ -203,6 +203,30 @@ def cuda_graph_run(frames: int = 50) -> dict:
             "mask_max_abs_diff_vs_without_graph": float(np.abs(result.masks["vbp"] - plain.masks["vbp"]).max())}
 
 
+def conv_search_run(batches=(1, 8), calls: int = 30) -> dict:
+    """NetSVF with VBP in the graph on onnxruntime's CUDA provider, with each cuDNN algorithm search: the
+    first call at each batch size (where EXHAUSTIVE benchmarks) and the median of the following calls (ms)."""
+    from vbp_rt import onnx_io
+    from vbp_rt.models import load_model
+    from vbp_rt.sessions import cuda_provider_options, ort
+    model = onnx_io.export_vbp(load_model(MODEL)).SerializeToString()
+    rng = np.random.default_rng(0)
+    out = {}
+    for search in ("HEURISTIC", "EXHAUSTIVE"):
+        session = ort.InferenceSession(model, providers=[
+            ("CUDAExecutionProvider", cuda_provider_options(conv_algo_search=search)), "CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for batch in batches:
+            x = rng.random((batch, 1, 135, 640), dtype=np.float32)
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                session.run(None, {name: x})
+                times.append((time.perf_counter() - t0) * 1e3)
+            out[f"{search} batch {batch}"] = {"first_call_ms": times[0], "then_median_ms": float(np.median(times[1:]))}
+    return out
+
+
 def gpu_tests() -> dict:
     """The test suite's GPU tests (pytest -m gpu); they skip cleanly without a GPU."""
     tests = ROOT / "tests"
@@ -249,6 +273,8 @@ def run(args) -> int:
         print("GPU check: CUDA-graph run of NetSVF on ort-cuda ...", file=sys.stderr)
         report["cuda_graph"] = cuda_graph_run()
         placement = report["cuda_graph"].get("placement")
+        print("GPU check: cuDNN algorithm search, HEURISTIC against EXHAUSTIVE ...", file=sys.stderr)
+        report["conv_algo_search"] = conv_search_run()
     report["causes"] = causes(facts, placement)
     print_facts(facts, report["causes"])
     if args.gpu:
