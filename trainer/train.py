@@ -391,8 +391,8 @@ def claim_run_dir(out, overwrite: bool = False) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the run")
     held = [name for name in RUN_FILES if (out / name).exists()]
-    if not held:
-        return
+    if not any(name in held for name in ("last.pt", "best.pt")):
+        return  # no run, or one stopped before its first checkpoint: nothing to lose
     if not overwrite:
         raise ValueError(f"{out} already holds a run ({', '.join(held)}); continue it with `vbp train --resume {out}`, "
                          f"train into a new --out, or pass --overwrite to move the old run aside")
