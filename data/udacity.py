@@ -339,15 +339,23 @@ def _text_rows(path: Path) -> list[list[str]]:
         raise ValueError(f"{path}: not a text CSV file") from None
 
 
-def _read_csv(path: Path, required: list[str]) -> tuple[list[dict], list[int]]:
-    """Rows (dicts) of a CSV with a header that must contain `required`; also their row numbers (1 = header)."""
+def _read_csv(path: Path, required: list[str]) -> tuple[list[dict], list[int], list[str]]:
+    """Rows (dicts) of a CSV with a header that must contain `required`, their row numbers (1 = header), and
+    the reasons for rows with fewer cells than the header (a file cut short), which are left out."""
     rows = _text_rows(path)
     header = rows[0] if rows else []
     missing = [c for c in required if c not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found: "
                          f"{', '.join(header) or 'no header'}; expected {', '.join(required)})")
-    return [dict(zip(header, r)) for r in rows[1:]], list(range(2, len(rows) + 1))
+    out, lines, bad = [], [], []
+    for n, r in enumerate(rows[1:], start=2):
+        if len(r) < len(header):
+            bad.append(f"{path.name} line {n}: {len(r)} of {len(header)} columns (cut short?)")
+            continue
+        out.append(dict(zip(header, r)))
+        lines.append(n)
+    return out, lines, bad
 
 
 def _numbers(row: dict, names: list[str], where: str) -> list[float]:
@@ -408,9 +416,10 @@ def sniff_csv(path: Path) -> str | None:
 def interpolated_source(path: Path, angle_unit: str, camera: str | None = None) -> Source:
     """bagdump's interpolated.csv. Its first column, `index`, is the row's time as a date ("2016-11-17
     23:10:15.873184606", or only "2016-10-25"): the integer `timestamp` column is used instead."""
-    rows, lines = _read_csv(path, BAGDUMP_IMAGE + ["angle", "speed"])
+    rows, lines, bad = _read_csv(path, BAGDUMP_IMAGE + ["angle", "speed"])
+    read = len(rows) + len(bad)
     keep, others = _select_camera([r["frame_id"] for r in rows], camera, path)
-    samples, bad = [], []
+    samples = []
     for i in keep:
         row, where = rows[i], f"{path.name} line {lines[i]}"
         try:
@@ -423,15 +432,15 @@ def interpolated_source(path: Path, angle_unit: str, camera: str | None = None) 
         samples.append(Sample(ts, i, f"{where} ({row['filename']})",
                               (lambda p=file, lb=f"{where} ({file})": _read_image_file(p, lb)),
                               angle=math.degrees(a) if angle_unit == "rad" else a, speed=v, size=(int(w), int(h))))
-    return Source("interpolated", path.parent, samples, len(samples), bad=bad, rows=len(rows), other_cameras=others,
+    return Source("interpolated", path.parent, samples, len(samples), bad=bad, rows=read, other_cameras=others,
                   notes={"csv": path.name, "angle_unit": angle_unit, "camera": camera or CENTRE_CAMERA})
 
 
 def camera_steering_source(cam_path: Path, steer_path: Path, angle_unit: str, camera: str | None = None) -> Source:
     """bagdump's camera.csv (seq,timestamp,width,height,frame_id,filename) with steering.csv
     (seq,timestamp,angle,torque,speed): steering interpolated to each image."""
-    steer_rows, steer_lines = _read_csv(steer_path, BAGDUMP_STEERING)
-    t, angle, speed, bad = [], [], [], []
+    steer_rows, steer_lines, bad = _read_csv(steer_path, BAGDUMP_STEERING)
+    t, angle, speed = [], [], []
     for row, line in zip(steer_rows, steer_lines):
         where = f"{steer_path.name} line {line}"
         try:
@@ -447,7 +456,8 @@ def camera_steering_source(cam_path: Path, steer_path: Path, angle_unit: str, ca
         raise ValueError(f"{steer_path}: no usable steering rows")
     order = np.argsort(t, kind="stable")
     meas = Measurements(np.array(t)[order], np.array(angle)[order], np.array(speed)[order])
-    cam_rows, cam_lines = _read_csv(cam_path, BAGDUMP_IMAGE)
+    cam_rows, cam_lines, cut = _read_csv(cam_path, BAGDUMP_IMAGE)
+    bad += cut
     keep, others = _select_camera([r["frame_id"] for r in cam_rows], camera, cam_path)
     samples = []
     for i in keep:
@@ -461,7 +471,7 @@ def camera_steering_source(cam_path: Path, steer_path: Path, angle_unit: str, ca
         file = cam_path.parent / row["filename"]
         samples.append(Sample(ts, i, f"{where} ({row['filename']})",
                               (lambda p=file, lb=f"{where} ({file})": _read_image_file(p, lb)), size=(int(w), int(h))))
-    return Source("camera-steering", cam_path.parent, samples, len(samples), meas, bad=bad, rows=len(cam_rows),
+    return Source("camera-steering", cam_path.parent, samples, len(samples), meas, bad=bad, rows=len(cam_rows) + len(cut),
                   other_cameras=others, notes={"csv": [cam_path.name, steer_path.name], "angle_unit": angle_unit,
                                                 "camera": camera or CENTRE_CAMERA})
 

@@ -259,6 +259,17 @@ def test_bagdump_interpolated_csv_with_bad_rows(tmp_path):
     assert "cannot be read" in reasons and images["center_camera"][5][1] in reasons
 
 
+def test_bagdump_csv_cut_short(tmp_path):
+    """A dump interrupted while writing: the last row has fewer cells than the header."""
+    images = bagdump(tmp_path, dump_times(6), dump_angle, dump_speed, dump_steer_ns(6), files=("interpolated",))
+    path = tmp_path / "interpolated.csv"
+    text = path.read_text()
+    path.write_text(text + text.splitlines()[-1][:60] + "\n")
+    assert run(tmp_path, tmp_path / "out.h5") == 0
+    attrs = check_store(tmp_path / "out.h5", *dump_expected(images, 6))
+    assert attrs["bad_frames"] == 1 and "interpolated.csv line 21: 5 of 12 columns (cut short?)" in attrs["bad_reasons"]
+
+
 def test_bagdump_missing_columns(tmp_path):
     (tmp_path / "interpolated.csv").write_text("index,timestamp,filename,angle\n2016-10-25,1,a.jpg,0\n")
     with pytest.raises(ValueError, match=r"interpolated.csv: missing column\(s\) width, height, frame_id, speed"):
