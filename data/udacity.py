@@ -471,9 +471,10 @@ def camera_steering_source(cam_path: Path, steer_path: Path, angle_unit: str, ca
         file = cam_path.parent / row["filename"]
         samples.append(Sample(ts, i, f"{where} ({row['filename']})",
                               (lambda p=file, lb=f"{where} ({file})": _read_image_file(p, lb)), size=(int(w), int(h))))
-    return Source("camera-steering", cam_path.parent, samples, len(samples), meas, bad=bad, rows=len(cam_rows) + len(cut),
-                  other_cameras=others, notes={"csv": [cam_path.name, steer_path.name], "angle_unit": angle_unit,
-                                                "camera": camera or CENTRE_CAMERA})
+    return Source("camera-steering", cam_path.parent, samples, len(samples), meas, bad=bad,
+                  rows=len(cam_rows) + len(cut), other_cameras=others,
+                  notes={"csv": [cam_path.name, steer_path.name], "angle_unit": angle_unit,
+                         "camera": camera or CENTRE_CAMERA})
 
 
 # ---------------------------------------------------------------- simulator

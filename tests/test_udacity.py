@@ -430,7 +430,8 @@ def test_simulator_image_paths_resolved_in_order(tmp_path):
     attrs = check_store(out, [sim_utc(t[k]) for k in keep], [-0.1 * 25 * 14.8] * 5, [30 * 0.44704] * 5,
                         [cv2.imread(str(tmp_path / where[k] / names[k])) for k in keep])
     assert attrs["bad_frames"] == 1
-    assert f"driving_log.csv line 5: image 'IMG\\{names[4]}' not found (looked for {tmp_path}" in attrs["bad_reasons"][0]
+    reason = attrs["bad_reasons"][0]
+    assert reason.startswith(f"driving_log.csv line 5: image 'IMG\\{names[4]}' not found (looked for {tmp_path}")
 
 
 def test_simulator_times_do_not_depend_on_the_time_zone(tmp_path, monkeypatch):
