@@ -130,6 +130,8 @@ def _folder_sources(path: Path, angle_unit, sim_max_angle, camera) -> list[Candi
     if (path / "camera").is_dir() and (path / "log").is_dir():
         found.append(Candidate("comma", f"camera/ + log/ in {path}", lambda: comma_source(path, None, camera)))
     if not found:
+        for p in (p for p in kinds if head_bytes(p).startswith(LFS_MAGIC)):
+            refuse_lfs_pointer(p, "CSV file")
         raise ValueError(f"folder {path} holds no known Udacity source (.bag files, bagdump CSVs with columns "
                          f"{','.join(BAGDUMP_IMAGE)}, a simulator log with columns {','.join(SIM_COLUMNS)} "
                          f"(header optional), or camera/ + log/ of the comma.ai layout)")

@@ -176,8 +176,10 @@ def test_lfs_pointer_given_as_a_bag(tmp_path):
 
 def test_lfs_pointers_for_csv_h5_and_images(tmp_path):
     lfs_pointer(tmp_path / "a" / "driving_log.csv")
-    with pytest.raises(ValueError, match=r"driving_log.csv is a Git LFS pointer"):
+    with pytest.raises(ValueError, match=r"driving_log.csv is a Git LFS pointer, not the CSV file itself"):
         run(tmp_path / "a" / "driving_log.csv", tmp_path / "out.h5")
+    with pytest.raises(ValueError, match=r"driving_log.csv is a Git LFS pointer"):
+        run(tmp_path / "a", tmp_path / "out.h5")
     comma_log(tmp_path / "c", "2016-01-30--11-24-51", [frame(0, 320, 160)], [0.0] * 5, [20.0] * 5)
     lfs_pointer(tmp_path / "c" / "camera" / "2016-01-30--11-24-51.h5")
     with pytest.raises(ValueError, match=r"2016-01-30--11-24-51.h5 is a Git LFS pointer"):
