@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -27,12 +27,11 @@ import torch
 from onnx import utils as onnx_utils
 from torch import nn
 
-from . import onnx_graph, onnx_io
+from . import onnx_graph, onnx_io, onnx_torch
 from .data import preprocess
 from .dispatch import explain
 from .methods import vbp as vbp_method
-from .models import load_model, resolve_model_path
-from .onnx_model import ONNX_METHODS, ModelInfo, method_graph, onnx_config
+from .onnx_model import ONNX_METHODS, method_graph, model_info, needs_torch, prediction_output
 from .precision import torch_fp32
 from .sessions import (cpu_session_options, cuda_provider_options, node_placement, ort, ort_cuda_status,
                        ort_cuda_works)
@@ -63,31 +62,25 @@ def private_copy(module: nn.Module, device=None) -> nn.Module:
     return (module if device is None else module.to(device)).eval()
 
 
-def _source(model, input_shape):
-    """(kind, object, path): kind "onnx" with a ModelProto, or "torch" with an eval-mode nn.Module of its own."""
-    if isinstance(model, nn.Module):
-        return "torch", private_copy(model), None
-    if isinstance(model, onnx.ModelProto):
-        return "onnx", model, None
-    path = resolve_model_path(model)
-    if path.suffix.lower() == ".onnx":
-        return "onnx", onnx_graph.load(path), path
-    return "torch", load_model(path), path
+def _source(model, input_shape, methods=(), spec=None):
+    """(kind, object, path, config, input spec): kind "onnx" with a ModelProto, or "torch" with an eval-mode
+    nn.Module of its own. An ONNX model becomes a torch module (onnx2torch, NCHW input) when some method has
+    no onnxruntime head for it. `spec` is --input-spec text or a dict (vbp_rt.input_spec)."""
+    kind, obj, path, config, model_spec = model_info(private_copy(model) if isinstance(model, nn.Module) else model,
+                                                     input_shape, spec)
+    if kind == "onnx" and needs_torch(obj, methods, path):
+        obj = onnx_torch.to_torch(obj, prediction_output(obj, model_spec))
+        kind, model_spec = "torch", replace(model_spec, layout="NCHW")
+    return kind, obj.eval() if kind == "torch" else obj, path, config, model_spec
 
 
-def _config(kind, obj, input_shape):
-    if kind == "onnx":
-        return onnx_config(obj, input_shape)
-    cfg = getattr(obj, "config", None)
-    if cfg is not None:
-        return cfg
-    if input_shape is None:
-        raise ValueError("give input_shape=(C,H,W) for a torch model without a vbp-rt config")
-    c, h, w = input_shape
-    p = next(obj.parameters())
-    with torch.no_grad():
-        outputs = obj(torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device)).shape[1]
-    return ModelInfo(type(obj).__name__, c, h, w, outputs)
+def _merge(parts: list) -> tuple:
+    """Results of a fixed-batch model run in pieces, as one batch (timings added up)."""
+    if len(parts) == 1:
+        return parts[0]
+    preds, masks, timings = zip(*parts)
+    return (np.concatenate(preds), {m: np.concatenate([p[m] for p in masks]) for m in masks[0]},
+            {k: sum(t[k] for t in timings) for k in timings[0]})
 
 
 class _Stage:
@@ -129,7 +122,15 @@ class _OrtEngine:
         means = onnx_io.metadata(graph).get("vbp_rt.vbp_means", []) if "vbp" in methods else []
         parts = split_stages(graph, self.prediction, {m: outputs[m] for m in methods}, means)
         self.placement = self._check_placement(parts, tf32) if device == "cuda" else {}
-        self.stages = {name: _Stage(part, providers, options, device) for name, part in parts.items()}
+        try:
+            self.stages = {name: _Stage(part, providers, options, device) for name, part in parts.items()}
+        except Exception as e:  # onnxruntime's own Fail type; with cuda_graph: capture refused
+            if not self.cuda_graph:
+                raise
+            on_cpu = {k: p.nodes.get("CPUExecutionProvider") or p.on("CPUExecutionProvider")
+                      for k, p in self.placement.items() if p is not None and p.on("CPUExecutionProvider")}
+            raise ValueError(f"onnxruntime refused CUDA graphs: {str(e).splitlines()[0]}"
+                             + (f" (nodes on the CPU: {on_cpu})" if on_cpu else "")) from e
         self.outputs = outputs
         runs_on = self.stages["forward"].session.get_providers()[0]
         if device == "cuda" and runs_on != "CUDAExecutionProvider":
@@ -142,8 +143,8 @@ class _OrtEngine:
 
     def _check_placement(self, parts: dict, tf32: bool) -> dict:
         """Where onnxruntime puts each stage's nodes on CUDA ({stage: Placement}, from a throwaway session
-        with verbose logging). Nodes on the CPU are logged; with cuda_graph they are an error (a captured
-        graph holds device work only)."""
+        with verbose logging). Nodes on the CPU are logged. (For CUDA graphs onnxruntime itself decides:
+        it accepts CPU nodes that only compute shapes as long as no copy between host and device is needed.)"""
         providers = [("CUDAExecutionProvider", cuda_provider_options(tf32, False)), "CPUExecutionProvider"]
         placement = {}
         for name, part in parts.items():
@@ -153,10 +154,7 @@ class _OrtEngine:
             on_cpu = p.on("CPUExecutionProvider") if p is not None else 0
             if on_cpu:
                 listed = ", ".join(p.nodes.get("CPUExecutionProvider", [])[:8])
-                message = f"ort-cuda: {on_cpu} node(s) of the {name} stage run on the CPU: {listed}"
-                if self.cuda_graph:
-                    raise ValueError(message + "; cuda_graph needs every node on CUDA")
-                log.warning(message)
+                log.warning("ort-cuda: %d node(s) of the %s stage run on the CPU: %s", on_cpu, name, listed)
         return placement
 
     def run(self, x: np.ndarray, methods) -> tuple:
@@ -330,18 +328,20 @@ class Runtime:
     tried, so the option is never dropped). eps: epsilon of LRP (default 100; an exported LRP variant has
     its own). input_shape: (C,H,W) for models that do not say it themselves. tf32: on the GPU, let
     convolutions and matrix products use TensorFloat-32 (faster on Ampere and newer, relative errors ~1e-3);
-    default exact float32 (vbp_rt.precision).
+    default exact float32 (vbp_rt.precision). spec: the model's input spec as --input-spec text or a dict, over
+    its metadata and sidecar file (vbp_rt.input_spec); `self.spec` is the one in use (`spec.origin` says where
+    it came from). A model with a fixed batch runs a larger batch in pieces of that size.
 
     With backend="auto", a backend that fails to start is skipped; `skipped` lists each with its reason.
     """
 
     def __init__(self, model, backend: str = "auto", methods=("vbp",), threads: int | None = None, *,
                  spinning: bool = False, cuda_graph: bool = False, eps: float | None = None, input_shape=None,
-                 tf32: bool = False):
+                 tf32: bool = False, spec=None):
         self.methods = tuple(methods)
         self.tf32 = tf32
-        kind, obj, path = _source(model, input_shape)
-        self.config = _config(kind, obj, input_shape)
+        kind, obj, path, self.config, self.spec = _source(model, input_shape, self.methods, spec)
+        input_shape = input_shape or self.spec.input_shape
         self.view = self._view()
         self.skipped = []
         if cuda_graph and backend not in ("auto", "ort-cuda"):
@@ -401,30 +401,25 @@ class Runtime:
         return self.engine.placement
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
-        """A camera frame (BGR or gray, any size) -> this model's uint8 view image (H,W): the view's crop
-        when the model has one, else the whole frame in gray resized to the model's input."""
-        return preprocess.model_view(frame, self.view, self.config.height, self.config.width)
+        """A camera frame (BGR or gray, any size) -> this model's uint8 view image, (H,W) gray or (H,W,3) BGR,
+        fitted as its input spec says (road view crop, box, resize or letterbox)."""
+        return self.spec.view_image(frame)
 
     def batch(self, images: np.ndarray) -> np.ndarray:
-        """uint8 view images (N,H,W) or (H,W), or float (N,C,H,W) already scaled -> float32 (N,C,H,W)."""
+        """uint8 view images ((N,)H,W gray or (N,)H,W,3 BGR) -> the model's float32 input (colour order, scale,
+        mean/std and layout of its spec); float input already in that form is checked and passed on."""
         images = np.asarray(images)
-        c, h, w = self.config.in_channels, self.config.height, self.config.width
         if images.dtype == np.uint8:
-            if images.ndim == 2:
-                images = images[None]
-            if images.ndim == 3 and c == 1:
-                images = images[:, None]
-            elif images.ndim == 4 and images.shape[-1] == c:
-                images = images.transpose(0, 3, 1, 2)
-            x = images.astype(np.float32) * np.float32(self.config.input_scale)
-        elif np.issubdtype(images.dtype, np.floating):
-            x = images.astype(np.float32, copy=False)
-        else:
-            raise ValueError(f"expected uint8 view images or float (N,C,H,W), got dtype {images.dtype}")
-        if x.ndim != 4 or x.shape[1:] != (c, h, w):
-            raise ValueError(f"expected images of {h}x{w} with {c} channel(s) for this model "
-                             f"(uint8 (N,H,W) or float (N,{c},{h},{w})), got shape {images.shape}")
-        return np.ascontiguousarray(x)
+            return self.spec.to_tensor(images)
+        if not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(f"expected uint8 view images or float input, got dtype {images.dtype}")
+        shape = self.spec.tensor_shape
+        if images.ndim != 4 or images.shape[1:] != shape:
+            raise ValueError(f"expected float input of shape (N,{','.join(map(str, shape))}) for this model "
+                             f"({self.spec.layout}), got {images.shape}")
+        if not np.isfinite(images).all():
+            raise ValueError("input contains NaN or inf values")
+        return np.ascontiguousarray(images, dtype=np.float32)
 
     def run(self, images, methods=None) -> RunResult:
         """Prediction, masks and per-stage timings (ms) for a batch of view images."""
@@ -434,7 +429,9 @@ class Runtime:
         if missing:
             raise ValueError(f"method(s) {', '.join(missing)} were not prepared; this Runtime runs "
                              f"{', '.join(self.methods) or 'no method'}")
-        prediction, masks, timings = self.engine.run(self.batch(images), methods)
+        x = self.batch(images)
+        step = self.spec.batch or max(len(x), 1)
+        prediction, masks, timings = _merge([self.engine.run(x[i:i + step], methods) for i in range(0, len(x), step)])
         timings["total"] = (time.perf_counter() - t0) * 1000.0
         return RunResult(prediction, masks, timings)
 

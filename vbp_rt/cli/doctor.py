@@ -126,7 +126,8 @@ def causes(facts: dict, placement: dict | None = None) -> list:
         if cpu:
             listed = ", ".join((p.get("nodes", {}).get("CPUExecutionProvider") or [])[:6])
             found.append(f"{cpu} node(s) of NetSVF's {stage} stage run on the CPU under ort-cuda ({listed}): "
-                         "each one costs a device-host copy, and CUDA graphs refuse them")
+                         "copies between host and device where they touch tensors; CUDA graphs accept them only "
+                         "where they compute shapes")
     return found
 
 
