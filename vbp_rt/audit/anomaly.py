@@ -8,10 +8,12 @@ separately, every feature x is turned into a robust z-score
 
 (MAD: the median absolute deviation; 1.4826 * MAD estimates the standard deviation of normal data and is not
 moved by the outliers being looked for). Where MAD is 0, 1.2533 times the mean absolute deviation from the
-median is used, and a constant feature scores 0. Each |z| is clipped at Z_CLIP so that one feature cannot
-dominate, and the frame's score is the root mean square of its z-scores.
+median is used. The scale is never below MIN_SCALE = 0.02: every feature lies within 0..1, and a grid cell that
+almost never holds attention would otherwise make a 1 % wobble look like a huge deviation. Each |z| is clipped
+at Z_CLIP so that one feature cannot dominate, and the frame's score is the root mean square of its z-scores.
 
-A frame is flagged when its score exceeds median(score) + K * 1.4826 * MAD(score) of its drive. Flagged
+A frame is flagged when its score exceeds median(score) + K * 1.4826 * MAD(score) of its drive (K = 3), and
+at least MIN_THRESHOLD = 2, so that a very calm drive does not have its noise flagged. Flagged
 frames of one source closer than GAP frames are merged into one event; an event's score is the sum over its
 frames of (score - threshold), so long, strong stretches rank first.
 """
@@ -22,8 +24,10 @@ import numpy as np
 Z_CLIP = 8.0
 K = 3.0
 GAP = 5
+MIN_THRESHOLD = 2.0  # a calm drive's noise is not flagged: a frame needs an RMS z-score of at least 2
 MAD_NORMAL = 1.4826
 MEAN_AD_NORMAL = 1.2533
+MIN_SCALE = 0.02  # every feature lies within 0..1 (agreement -1..1): smaller deviations are never unusual
 
 
 def features(frames: dict) -> tuple[np.ndarray, list]:
@@ -51,9 +55,8 @@ def robust_z(x: np.ndarray) -> np.ndarray:
     dev = np.abs(x - med)
     scale = MAD_NORMAL * np.nanmedian(dev, axis=0)
     fallback = MEAN_AD_NORMAL * np.nanmean(dev, axis=0)
-    scale = np.where(scale > 1e-12, scale, fallback)
-    z = np.where(scale > 1e-12, (x - med) / np.where(scale > 1e-12, scale, 1.0), 0.0)
-    return np.nan_to_num(z, nan=0.0)
+    scale = np.maximum(np.where(scale > 1e-12, scale, fallback), MIN_SCALE)
+    return np.nan_to_num((x - med) / scale, nan=0.0)
 
 
 def score(x: np.ndarray) -> np.ndarray:
@@ -64,7 +67,7 @@ def score(x: np.ndarray) -> np.ndarray:
 
 def threshold(s: np.ndarray, k: float = K) -> float:
     med = float(np.median(s))
-    return med + k * MAD_NORMAL * float(np.median(np.abs(s - med)))
+    return max(med + k * MAD_NORMAL * float(np.median(np.abs(s - med))), MIN_THRESHOLD)
 
 
 def analyse(frames: dict, k: float = K, gap: int = GAP) -> dict:

@@ -119,7 +119,8 @@ def frame_stats(masks: dict, primary: str, geometry: Geometry, previous: np.ndar
     (the others get a compact mask, and "agreement" is computed against the second method when there is one).
     Returns {name: array} with "compact/<method>" entries; "last" is the primary compact distribution of the
     batch's last frame (the `previous` of the next batch). truth: {name: (N,H,W) 0/1 mask or None} gives
-    "truth/<name>", the primary mask's mass on it (NaN for None)."""
+    "truth/<name>", the primary mask's mass on it, and "truth_area/<name>", the mask's share of the view
+    (NaN for None)."""
     m = masks[primary]
     p = distributions(m)
     small = {k: compact(v).astype(np.float16).astype(np.float32) for k, v in masks.items()}  # as stored
@@ -133,6 +134,7 @@ def frame_stats(masks: dict, primary: str, geometry: Geometry, previous: np.ndar
         out["agreement"] = agreement(small[primary], small[others[0]])
     for name, t in (truth or {}).items():
         out[f"truth/{name}"] = np.full(len(m), np.nan) if t is None else mass_on(p, t)
+        out[f"truth_area/{name}"] = np.full(len(m), np.nan) if t is None else (np.asarray(t) > 0).mean(axis=(1, 2))
     out = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in out.items()}
     out["last"] = pc[-1]
     return out

@@ -17,7 +17,7 @@ from vbp_rt.data.preprocess import VIEWS, model_view, view_for
 from vbp_rt.data.sources import BadFrame, EndOfSource, open_source
 from vbp_rt.overlay import overlay
 
-from . import anomaly, store
+from . import anomaly, store, truth
 
 TOP_EVENTS = 12
 THUMB_WIDTH = 320
@@ -142,6 +142,24 @@ def unusual(z_row, names, k=3) -> str:
     return ", ".join(f"{names[j]} {z_row[j]:+.1f}" for j in order)
 
 
+def cue_lines(check: dict) -> list:
+    """truth.cue_check in sentences."""
+    lines = [f"the cue is present in {check['cue_share']:.1%} of {check['frames']} frames"]
+    if "cue_mass" in check:
+        lines.append(f"VBP mass on the cue where present: {check['cue_mass']:.3f} "
+                     f"({check['enrichment']:.1f}x its share of the view)")
+    if check["precision_at"]:
+        lines.append("top events with the cue: " + ", ".join(f"{v:.0%} of the top {k}"
+                                                              for k, v in check["precision_at"].items()))
+    lines.append(f"flagged frames with the cue: {check['flagged_precision']:.0%}; cue frames flagged: "
+                 f"{check['flagged_recall']:.0%}")
+    if "cue_mode" in check:
+        m = check["cue_mode"]
+        lines.append(f"mode {m['mode']} ({m['frames']} frames) has the most cue frames: {m['cue_share']:.0%}, "
+                     f"mean VBP mass on the cue {m['cue_mass']:.3f}")
+    return lines
+
+
 def collect(out) -> dict:
     """Everything the reports show, from AUDIT_DIR/audit.h5."""
     with store.open_audit(out) as f:
@@ -238,10 +256,10 @@ def write(out) -> tuple[Path, Path]:
             rows = np.flatnonzero(md["label"] == m)
             share = md["count"][m] / max(total, 1)
             flagged = d["flagged"][rows].mean() if len(rows) else 0.0
-            truth = [f"{np.nanmean(fr[f'truth/{t}'][rows]):.3f}" for t, ok in has_truth.items() if ok]
+            masses = [f"{np.nanmean(fr[f'truth/{t}'][rows]):.3f}" for t, ok in has_truth.items() if ok]
             facts = (f"{md['count'][m]} frames ({share:.0%}), {flagged:.0%} flagged"
                      + "".join(f", mean VBP mass on {t} {v}" for (t, ok), v in
-                               zip([(t, ok) for t, ok in has_truth.items() if ok], truth)))
+                               zip([(t, ok) for t, ok in has_truth.items() if ok], masses)))
             body.append(f"<h3>Mode {m + 1}</h3><p>{html.escape(facts)}</p><div class='grid'>")
             body.append(f'<div class="card"><img src="{_png(heatmap(md["center"][m], h, w))}" '
                         f'width="{THUMB_WIDTH}">typical mask</div>')
@@ -253,8 +271,14 @@ def write(out) -> tuple[Path, Path]:
                 body.append(f'<div class="card"><img src="{_png(thumb)}" width="{THUMB_WIDTH}">'
                             f'{html.escape(_name(sources[src]))} #{idx}</div>')
             body.append("</div>")
-            text.append(f"| {m + 1} | {md['count'][m]} | {share:.0%} | {flagged:.0%} | " + " | ".join(truth)
-                        + (" |" if truth else "|"))
+            text.append(f"| {m + 1} | {md['count'][m]} | {share:.0%} | {flagged:.0%} | " + " | ".join(masses)
+                        + (" |" if masses else "|"))
+        check = truth.cue_check(fr, ev, d["flagged"], md["label"])
+        if check is not None:
+            lines = cue_lines(check)
+            body.append("<h2>Ground truth: the shortcut cue</h2><ul>"
+                        + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
+            text += ["## Ground truth: the shortcut cue", ""] + [f"- {x}" for x in lines]
         text += ["", "Thumbnails, timelines and typical masks: report.html.", ""]
     finally:
         images.close()

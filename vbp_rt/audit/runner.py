@@ -25,6 +25,7 @@ def schema(methods) -> dict:
          "error": ((), "f4"), "entropy": ((), "f4"), "change": ((), "f4"), "centroid": ((2,), "f4"),
          "grid": (GRID, "f4"), "regions": ((len(REGIONS),), "f4")}
     s.update({f"truth/{t}": ((), "f4") for t in TRUTH})
+    s.update({f"truth_area/{t}": ((), "f4") for t in TRUTH})
     s.update({f"compact/{m}": (COMPACT, "f2") for m in methods})
     if len(methods) > 1:
         s["agreement"] = ((), "f4")
