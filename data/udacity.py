@@ -63,7 +63,7 @@ bool fault_bus2
 bool fault_calibration
 bool fault_connector
 """
-FORMATS = {"bag": "ROS1 bags", "camera-steering": "bagdump camera.csv + steering.csv",
+FORMATS = {"bag": "ROS1 bags", "camera-steering": "bagdump camera + steering CSVs",
            "interpolated": "bagdump interpolated.csv", "simulator": "simulator driving log",
            "comma": "comma.ai camera/ + log/"}
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/"
