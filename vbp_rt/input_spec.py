@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -161,12 +160,27 @@ class InputSpec:
         return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def from_config(cfg, origin: str = "config") -> InputSpec:
+    """The spec of a vbp-rt network (NetConfig): gray (or BGR) frames through its road view, times its scale;
+    a single output is the steering wheel angle in degrees."""
+    steering = cfg.outputs == 1
+    view = cfg.view if cfg.view in VIEWS and view_for(cfg.view, cfg.height).width == cfg.width else ""
+    return InputSpec(cfg.height, cfg.width, color="gray" if cfg.in_channels == 1 else "bgr", view=view,
+                     scale=cfg.input_scale, origin=origin,
+                     output={"name": "prediction", "unit": "deg" if steering else "",
+                             "label": "steering angle" if steering else "output"})
+
+
 def _short(values) -> str:
     return "/".join(f"{v:.4g}" for v in values)
 
 
 def _number(text) -> float:
-    return float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
+    """A number or a fraction such as 1/127.5."""
+    if isinstance(text, str) and "/" in text:
+        top, bottom = text.split("/")
+        return float(top) / float(bottom)
+    return float(text)
 
 
 def _values(value) -> tuple:

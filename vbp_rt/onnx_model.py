@@ -1,22 +1,25 @@
-"""An ONNX file as a vbp-rt model: what it expects, which output is the prediction, the graph with the heads
-a set of methods needs, and `explain()` on it (what `vbp_rt.explain` and `vbp explain` call for .onnx files).
+"""An ONNX file as a vbp-rt model: what it expects (its input spec), which output is the prediction, the graph
+with the heads a set of methods needs, and `explain()` on it (what `vbp_rt.explain` and `vbp explain` call for
+.onnx files). Methods without an onnxruntime head run on the graph converted to torch (vbp_rt.onnx_torch).
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from . import onnx_graph, onnx_io
-from .models import NetConfig
+from . import input_spec, methods, onnx_graph, onnx_io, onnx_torch
+from .input_spec import InputSpec
+from .models import NetConfig, load_model, resolve_model_path
 from .result import Explanation
 from .sessions import cpu_session_options, ort  # ort: onnxruntime, or an error naming the extras
 
 ONNX_METHODS = ("vbp", "lrp")
+ort.set_default_logger_severity(3)  # onnxruntime's graph warnings (unused initializers, ...) are not the user's
 
 
 @dataclass
@@ -30,6 +33,7 @@ class ModelInfo:
     outputs: int
     view: str = ""
     input_scale: float = 1.0 / 255.0
+    spec: InputSpec | None = None
 
     @property
     def input_shape(self) -> tuple:
@@ -41,26 +45,89 @@ def is_onnx(model) -> bool:
                                                    and str(model).lower().endswith(".onnx"))
 
 
-def onnx_config(model, input_shape=None):
+def onnx_config(model, input_shape=None, path=None, options=None):
     """The NetConfig stored by `vbp export`, or a ModelInfo read from the graph (input size, outputs) and the
-    metadata; a model from elsewhere is assumed to take gray frames scaled by 1/255."""
+    input spec (metadata, sidecar file beside `path`, `options`; see vbp_rt.input_spec)."""
     model = onnx_graph.load(model)
     meta = onnx_io.metadata(model)
     if isinstance(meta.get("vbp_rt.config"), dict):
         return NetConfig(**meta["vbp_rt.config"])
+    spec = onnx_spec(model, path, options, input_shape)
+    shapes = onnx_graph.tensor_shapes(onnx_graph.with_input_shape(model, spec.input_shape))
+    outputs = shapes.get(prediction_output(model, spec), (None, 1))[-1] or 1
+    return ModelInfo("onnx", spec.channels, spec.height, spec.width, outputs, spec.view, spec.scale, spec)
+
+
+def onnx_spec(model, path=None, options=None, input_shape=None) -> InputSpec:
+    """The input spec of an ONNX model: its graph (size, layout, fixed batch) updated by the metadata
+    `vbp_rt.input`, the sidecar file MODEL.onnx.json beside `path` and `options`."""
+    model = onnx_graph.load(model)
     chw = tuple(input_shape) if input_shape is not None else onnx_graph.input_chw(model)
     if chw is None:
-        raise ValueError("the ONNX model's input height/width are symbolic: give input_shape=(C,H,W)")
-    info = meta.get("vbp_rt.input") if isinstance(meta.get("vbp_rt.input"), dict) else {}
-    shapes = onnx_graph.tensor_shapes(onnx_graph.with_input_shape(model, chw))
-    outputs = shapes.get(prediction_output(model), (None, 1))[-1] or 1
-    view = (info.get("view") or {}).get("name", "")
-    return ModelInfo("onnx", chw[0], chw[1], chw[2], outputs, view, info.get("scale") or 1.0 / 255.0)
+        raise ValueError("the ONNX model's input height/width are symbolic: give input_shape=(C,H,W) "
+                         "(or size=HxW in the input spec)")
+    c, h, w = chw
+    if c not in (1, 3):
+        raise ValueError(f"the ONNX model's image input has {c} channels; vbp-rt feeds gray (1) or colour (3) "
+                         f"images (input shape {onnx_graph.input_dims(model)})")
+    batch = onnx_graph.input_dims(model)[0]
+    meta = onnx_io.metadata(model)
+    cfg = meta.get("vbp_rt.config")
+    base = (input_spec.from_config(NetConfig(**cfg)) if isinstance(cfg, dict) else
+            InputSpec(h, w, color="gray" if c == 1 else "rgb", layout=onnx_graph.image_source(model)[1],
+                      output={"name": onnx_graph.prediction_name(model), "unit": "", "label": "output"}))
+    base = replace(base, batch=batch)
+    info = meta.get("vbp_rt.input") if isinstance(meta.get("vbp_rt.input"), dict) else None
+    spec = input_spec.resolve(base, info, path, options)
+    if spec.input_shape != (c, h, w):
+        raise ValueError(f"the input spec ({spec.origin}) describes {spec.channels}-channel {spec.height}x"
+                         f"{spec.width} images, the ONNX model takes (C,H,W)={(c, h, w)}")
+    if spec.layout != onnx_graph.image_source(model)[1]:
+        raise ValueError(f"the input spec ({spec.origin}) says layout {spec.layout}, but the graph reads its input "
+                         f"as {onnx_graph.image_source(model)[1]}")
+    return spec
 
 
-def prediction_output(model: onnx.ModelProto) -> str:
-    """"prediction", or the first graph output that is not a map or a method's output."""
+def model_info(model, input_shape=None, options=None) -> tuple:
+    """(kind, model object, path, config, spec) of a shipped name, checkpoint, .onnx file, ModelProto or
+    nn.Module: what every command needs to turn frames into its input. `options` is the --input-spec text."""
+    path = None
+    if isinstance(model, torch.nn.Module):
+        kind, obj = "torch", model
+    elif isinstance(model, onnx.ModelProto):
+        kind, obj = "onnx", model
+    else:
+        path = resolve_model_path(model)
+        kind = "onnx" if path.suffix.lower() == ".onnx" else "torch"
+        obj = onnx_graph.load(path) if kind == "onnx" else load_model(path)
+    if kind == "onnx":
+        config = onnx_config(obj, input_shape, path, options)
+        spec = config.spec if isinstance(config, ModelInfo) else onnx_spec(obj, path, options, input_shape)
+        return kind, obj, path, config, spec
+    config = getattr(obj, "config", None)
+    if config is None:
+        if input_shape is None:
+            raise ValueError("give input_shape=(C,H,W) for a torch model without a vbp-rt config")
+        c, h, w = input_shape
+        p = next(obj.parameters())
+        with torch.no_grad():
+            outputs = obj.eval()(torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device)).shape[1]
+        base = InputSpec(h, w, color="gray" if c == 1 else "rgb")
+        spec = input_spec.resolve(base, None, None, options)
+        config = ModelInfo(type(obj).__name__, c, h, w, outputs, spec.view, spec.scale, spec)
+        return kind, obj, path, config, spec
+    return kind, obj, path, config, input_spec.resolve(input_spec.from_config(config), None, path, options)
+
+
+def prediction_output(model: onnx.ModelProto, spec: InputSpec | None = None) -> str:
+    """The output the spec names, else "prediction", else the first graph output that is not a map or a
+    method's output."""
     names = [o.name for o in model.graph.output]
+    wanted = (spec.output.get("name") if spec is not None else "") or ""
+    if wanted:
+        if wanted not in names:
+            raise ValueError(f"the input spec names output {wanted!r}; the ONNX model's outputs are {', '.join(names)}")
+        return wanted
     if "prediction" in names:
         return "prediction"
     meta = onnx_io.metadata(model)
@@ -70,6 +137,16 @@ def prediction_output(model: onnx.ModelProto) -> str:
     if not rest:
         raise ValueError("the ONNX model has no prediction output")
     return rest[0]
+
+
+def needs_torch(model, methods, path=None) -> bool:
+    """Whether some of `methods` have no onnxruntime head for this ONNX model (they run on its torch conversion):
+    any method but vbp and lrp, and lrp without an LRP variant from `vbp export`."""
+    if any(m not in ONNX_METHODS for m in methods):
+        return True
+    if "lrp" not in methods or "vbp_rt.lrp_output" in onnx_io.metadata(model):
+        return False
+    return path is None or not onnx_io.variant_paths(path)["lrp"].is_file()
 
 
 def method_graph(model, methods, eps: float | None = None, input_shape=None, path=None) -> tuple:
@@ -120,21 +197,69 @@ def _session(path: str, mtime: float, method: str, eps: float | None):
     return session, names
 
 
+@functools.lru_cache(maxsize=4)
+def _converted(path: str, mtime: float):
+    model = onnx_graph.load(path)
+    return onnx_torch.to_torch(model, prediction_output(model, onnx_spec(model, Path(path))))
+
+
+def check_input(x, spec: InputSpec) -> torch.Tensor:
+    """The checks the torch path makes, for a batch fed to an ONNX model in its own layout."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape (N,{','.join(map(str, spec.tensor_shape))}), "
+                        f"got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a float tensor scaled as the model expects, got dtype {x.dtype} "
+                         f"(convert uint8 frames with the input spec: {spec.describe()})")
+    if x.dim() != 4 or tuple(x.shape[1:]) != spec.tensor_shape:
+        raise ValueError(f"expected input of shape (N,{','.join(map(str, spec.tensor_shape))}) ({spec.layout}), "
+                         f"got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("input contains NaN or inf values")
+    return x
+
+
+def in_batches(run, x, batch: int | None) -> tuple:
+    """run(x) for a model with a fixed batch: `batch` images at a time, results concatenated."""
+    if batch is None or x.shape[0] == batch:
+        return run(x)
+    if x.shape[0] % batch:
+        raise ValueError(f"the ONNX model has a fixed batch of {batch}; got {x.shape[0]} images")
+    parts = [run(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
+    return tuple(np.concatenate(p) if isinstance(p[0], np.ndarray) else torch.cat(p) for p in zip(*parts))
+
+
 def explain_onnx(path, x: torch.Tensor, method: str = "vbp", **options) -> Explanation:
-    """`vbp_rt.explain` for an ONNX file, on onnxruntime CPU (VBP head appended by graph analysis; LRP from
-    the MODEL.lrp.onnx variant, whose eps was fixed at export). LRP takes `eps` here, no other option."""
-    extra = sorted(set(options) - {"eps"} if method == "lrp" else set(options))
-    if extra:
-        raise ValueError(f"on an ONNX model, method {method!r} takes {'only eps' if method == 'lrp' else 'no options'}"
-                         f"; got {', '.join(extra)}")
-    eps = options.get("eps")
+    """`vbp_rt.explain` for an ONNX file. `x` is the model's input tensor (its own layout and scale; a fixed
+    batch of 1 is run image by image). VBP runs on onnxruntime CPU with the head appended by graph analysis;
+    LRP on the MODEL.lrp.onnx variant when there is one (its eps was fixed at export); every other method, and
+    LRP without a variant, on the graph converted to torch (onnx2torch), with the method's own options."""
     if isinstance(path, onnx.ModelProto):
         raise ValueError("explain() takes an ONNX file path (save the ModelProto first)")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model {path} does not exist")
-    session, names = _session(str(path.resolve()), path.stat().st_mtime, method, eps)
-    feed = {session.get_inputs()[0].name: x.detach().cpu().float().numpy()}
-    pred, mask, relevance = session.run(names, feed)
+    key = (str(path.resolve()), path.stat().st_mtime)
+    spec = onnx_spec(onnx_graph.load(path), path)
+    x = check_input(x, spec)
+    if method not in ONNX_METHODS or needs_torch(onnx_graph.load(path), (method,), path):
+        module = _converted(*key)
+        nchw = x.float() if spec.layout == "NCHW" else x.float().permute(0, 3, 1, 2)
+        run = methods.get(method)
+        parts = [run(module, nchw[i:i + (spec.batch or len(nchw))], **options)
+                 for i in range(0, len(nchw), spec.batch or len(nchw))]
+        e = parts[0] if len(parts) == 1 else Explanation(
+            method, torch.cat([p.prediction for p in parts]), torch.cat([p.mask for p in parts]),
+            torch.cat([p.relevance for p in parts]), {})
+        e.layers.update({"backend": "torch (onnx2torch)", "model": str(path)})
+        return e
+    extra = sorted(set(options) - {"eps"} if method == "lrp" else set(options))
+    if extra:
+        raise ValueError(f"on an ONNX model, method {method!r} takes {'only eps' if method == 'lrp' else 'no options'}"
+                         f"; got {', '.join(extra)}")
+    session, names = _session(*key, method, options.get("eps"))
+    feed = session.get_inputs()[0].name
+    pred, mask, relevance = in_batches(lambda b: tuple(session.run(names, {feed: b})),
+                                       x.detach().cpu().float().numpy(), spec.batch)
     return Explanation(method, torch.from_numpy(np.asarray(pred)), torch.from_numpy(mask),
                        torch.from_numpy(relevance), {"backend": "onnxruntime", "model": str(path)})
