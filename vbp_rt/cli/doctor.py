@@ -1,6 +1,7 @@
 """`vbp doctor [--gpu]`: which onnxruntime and torch builds run here, whether CUDA is used, and if not, why.
 
-Without --gpu it only looks (a few seconds). With --gpu it is the first-GPU check: the GPU tests, a
+Without --gpu it only looks (seconds; where onnxruntime runs CUDA, it also builds NetSVF on ort-cuda to see
+where its nodes land). With --gpu it is the first-GPU check: the GPU tests, a
 CUDA-graph run of NetSVF with the node placement, the GPU-vs-CPU mask difference with and without TF32, and
 `vbp bench --quick` on ort-cuda and torch-cuda; everything goes to one JSON file. Without a GPU it says
 so, runs the CPU parts (the tests, which skip, and the CPU reference masks) and exits 0.
@@ -228,6 +229,16 @@ def conv_search_run(batches=(1, 8), calls: int = 30) -> dict:
     return out
 
 
+def netsvf_placement() -> dict:
+    """Where onnxruntime puts NetSVF's nodes (forward stage, VBP and LRP heads) on CUDA."""
+    from vbp_rt.runtime import Runtime
+    try:
+        rt = Runtime(MODEL, "ort-cuda", methods=("vbp", "lrp"))
+    except ValueError as e:
+        return {"error": str(e)}
+    return {k: (p.to_dict() if p else None) for k, p in rt.placement.items()}
+
+
 def gpu_tests() -> dict:
     """The test suite's GPU tests (pytest -m gpu); they skip cleanly without a GPU."""
     tests = ROOT / "tests"
@@ -276,6 +287,9 @@ def run(args) -> int:
         placement = report["cuda_graph"].get("placement")
         print("GPU check: cuDNN algorithm search, HEURISTIC against EXHAUSTIVE ...", file=sys.stderr)
         report["conv_algo_search"] = conv_search_run()
+    if "ort-cuda" in gpu_backends:
+        report["placement"] = netsvf_placement()
+        placement = {**(placement or {}), **{k: v for k, v in report["placement"].items() if k != "error"}}
     report["causes"] = causes(facts, placement)
     print_facts(facts, report["causes"])
     if args.gpu:
