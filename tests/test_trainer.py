@@ -273,3 +273,69 @@ def test_checkpoints_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o640
+
+
+def _drive_stats(model, path):
+    """(RMSE, zero-predictor RMSE, bias) of a model on every frame of a store, computed here."""
+    with StoreReader(path) as r:
+        x = torch.from_numpy(r.images("hvf")[:]).float().unsqueeze(1) / 255
+        y = r.angle[:].astype(np.float64)
+    with torch.no_grad():
+        err = model.eval()(x)[:, 0].double().numpy() - y
+    return np.sqrt(np.mean(err ** 2)), np.sqrt(np.mean(y ** 2)), err.mean()
+
+
+def test_several_training_stores_and_validation_drives(tmp_path, capsys):
+    train_stores = [make_store(tmp_path / f"t{i}.h5", frames=30, seed=10 + i) for i in range(2)]
+    val = [make_store(tmp_path / f"v{i}.h5", frames=12 + 4 * i, seed=20 + i) for i in range(3)]
+    out = tmp_path / "run"
+    args = [*map(str, train_stores), *train_args(train_stores[0], out, "--epochs", "2")[1:], "--val", *map(str, val)]
+    assert run_cli(args, capsys)[0] == 0
+    last = read_checkpoint(out / "last.pt")
+    assert last["train_config"]["store"] == [str(p) for p in train_stores]
+    # both stores' train splits: 2 x 27 frames in batches of 4
+    assert last["step"] == 2 * (2 * round(30 * 190 / 210) // 4)
+    model = load_model(out / "last.pt")
+    rows = last["history"][-1]["val_drives"]
+    assert [r["drive"] for r in rows] == ["v0", "v1", "v2"]
+    for row, path in zip(rows, val):
+        rmse, zero, bias = _drive_stats(model, path)
+        assert (row["rmse"], row["zero_rmse"], row["bias"]) == pytest.approx((rmse, zero, bias), rel=1e-4, abs=1e-4)
+    # the aggregate weighs drives equally (not frames), and best.pt is chosen on it
+    assert last["history"][-1]["val_rmse"] == pytest.approx(np.sqrt(np.mean([r["rmse"] ** 2 for r in rows])))
+    assert read_checkpoint(out / "best.pt")["best_val_rmse"] == pytest.approx(
+        min(h["val_rmse"] for h in last["history"]))
+    with RunLogReader(out / "runlog.h5") as log:
+        v = log.validation()
+        probe = log.probe()
+    assert v["drives"] == ["v0", "v1", "v2"] and v["rmse"].shape == (2, 3)
+    np.testing.assert_allclose(v["rmse"][-1], [r["rmse"] for r in rows])
+    np.testing.assert_allclose(v["bias"][-1], [r["bias"] for r in rows])
+    # probe frames come from the validation drives (indices over the three drives in order)
+    frames = []
+    for p in val:
+        with StoreReader(p) as r:
+            frames.append(r.images("hvf")[:])
+    frames = np.concatenate(frames)
+    np.testing.assert_array_equal(probe["image"], frames[probe["index"]])
+    # resuming keeps the drives and the per-drive rows
+    train(resume_dir=out, epochs=3)
+    with RunLogReader(out / "runlog.h5") as log:
+        assert log.validation()["rmse"].shape == (3, 3)
+    assert run_cli(["--resume", str(out), "--val", str(val[0])], capsys)[1].count("--val") == 1
+
+
+def test_runlog_written_before_per_drive_rows_still_reads(run, tmp_path):
+    import h5py
+    out, _ = run
+    with RunLogReader(out / "runlog.h5") as log:
+        v, metrics = log.validation(), log.metrics()
+    assert v["drives"] == ["drive"] and v["rmse"].shape == (2, 1)  # the store's own test split
+    old = tmp_path / "runlog.h5"
+    shutil.copy(out / "runlog.h5", old)
+    with h5py.File(old, "r+") as f:
+        del f["validation"]
+    with RunLogReader(old) as log:
+        assert log.validation() == {}
+        np.testing.assert_array_equal(log.metrics()["val_rmse"], metrics["val_rmse"])
+        assert set(log.rows_until(1.0)) == {"snapshots", "metrics", "steps"}

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                     "`torchrun --nproc_per_node N -m vbp_rt.cli train ...`.",
         epilog="example: vbp train drive.h5 --arch netsvf --out runs/svf --epochs 8; "
                "after a kill: vbp train --resume runs/svf")
-    p.add_argument("store", nargs="?", help="training store (.h5 from `vbp data`); its train split trains")
+    p.add_argument("store", nargs="*", help="training stores (.h5 from `vbp data`); the train split of each trains")
     p.add_argument("--arch", choices=["netsvf", "nethvf"], help="network: netsvf (640x135 view 'svf') or "
                                                                 "nethvf (351x135 view 'hvf')")
     p.add_argument("--out", help="run directory to create (a folder holding a run is refused: see --overwrite)")
@@ -32,6 +32,12 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, help=f"SGD learning rate, for the standardized angle (default {DEFAULTS['lr']})")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {DEFAULTS['momentum']})")
     p.add_argument("--val-store", help="validate on every frame of this store instead of the test split")
+    p.add_argument("--val", nargs="+", metavar="DRIVE", help="validate on every frame of several drives, each reported "
+                   "on its own (best.pt by their equally weighted RMSE): stores, or seeds such as 201-204 for "
+                   "synthetic drives of --val-frames frames written to --drives-dir")
+    p.add_argument("--val-frames", type=int, default=600, help="frames per synthetic validation drive (default 600)")
+    p.add_argument("--drives-dir", default="drives", help="folder where synthetic drives named by seed are written "
+                                                          "and reused (default ./drives)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present, else CPU")
     p.add_argument("--workers", type=int, help=f"background data-loading processes (default {DEFAULTS['workers']};"
                                                " 0 loads in the training process)")
@@ -59,13 +65,14 @@ def _snapshots(text: str) -> tuple:
 def run(args) -> int:
     import torch
 
+    from . import drives
     from .train import TrainConfig, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume:
-        fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "snapshots",
-                             "probes", "seed", "height", "net", "checkpoint_minutes") if getattr(args, o) is not None]
+        fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "val", "snapshots",
+                             "probes", "seed", "height", "net", "checkpoint_minutes") if getattr(args, o) not in (None, [])]
         if args.overwrite:
             fixed.append("overwrite")
         if fixed:
@@ -77,8 +84,14 @@ def run(args) -> int:
         if not (args.store and args.arch and args.out):
             raise ValueError("vbp train needs STORE, --arch and --out (or --resume RUN_DIR)")
         options = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+        if args.val_store and args.val:
+            raise ValueError("give --val or --val-store, not both")
         if args.val_store:
             options["val_store"] = args.val_store
+        if args.val:
+            if args.val_frames < 1:
+                raise ValueError(f"--val-frames must be positive, got {args.val_frames}")
+            options["val"] = drives.resolve(args.val, args.val_frames, args.drives_dir)
         if args.snapshots is not None:
             options["snapshots"] = _snapshots(args.snapshots)
         if args.net:
@@ -86,7 +99,8 @@ def run(args) -> int:
                 options["net"] = json.loads(args.net)
             except json.JSONDecodeError as e:
                 raise ValueError(f"--net expects a JSON object, got {args.net!r} ({e})") from None
-        result = train(TrainConfig(store=args.store, arch=args.arch, out=args.out, **options),
+        store = args.store[0] if len(args.store) == 1 else args.store
+        result = train(TrainConfig(store=store, arch=args.arch, out=args.out, **options),
                        overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         print(f"best validation RMSE {result['best_val_rmse']:.3f} deg")

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("drives", nargs="*", metavar="DRIVE", help="stores with steering angles (.h5 from `vbp data`)")
     p.add_argument("--seeds", help="also synthetic drives of these seeds, e.g. 1001-1008 or 11,12,90417")
     p.add_argument("--frames", type=int, default=600, help="frames per synthetic drive (default 600)")
-    p.add_argument("--drives-dir", help="where synthetic drives are written and reused (default OUT/drives)")
+    p.add_argument("--drives-dir", default="drives", help="where synthetic drives named by seed are written and "
+                                                          "reused (default ./drives)")
     p.add_argument("--out", required=True, help="output folder for the table and the plot")
     p.add_argument("--window", type=int, default=100, help="frames in a stretch (default 100, 5 s)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -46,7 +47,7 @@ def run(args) -> int:
         drives.parse_seeds(args.seeds)
     if not items:
         raise ValueError("give at least one DRIVE or --seeds")
-    paths = drives.resolve(items, args.frames, args.drives_dir or out / "drives")
+    paths = drives.resolve(items, args.frames, args.drives_dir)
     result = steering_eval.evaluate(args.model, paths, args.batch_size, args.window)
     title = f"{args.model} on {len(paths)} drives"
     table = steering_eval.markdown(result, title=f"Steering accuracy of {args.model}")

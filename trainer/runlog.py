@@ -7,6 +7,8 @@ Layout::
     /snapshots/epoch (S,) float64, /snapshots/mask (S,P,H,W) float16, /snapshots/prediction (S,P) float32
     /metrics/epoch, /metrics/train_loss, /metrics/val_rmse, /metrics/lr (E,) float64
     /steps/epoch (K,) float64, /steps/loss (K,) float32
+    /validation/epoch (E,) float64, /validation/rmse, zero_rmse, bias (E,D) float64: per validation drive,
+        attrs drives (JSON list of D names); absent in logs written before it existed
 
 The writer keeps the file in HDF5 single-writer/multiple-reader (SWMR) mode, so `RunLogReader` can
 follow a run while it trains. Every group's `epoch` dataset is written last: a reader takes it as the
@@ -15,6 +17,7 @@ never sees a half-created log.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -29,6 +32,7 @@ GROUPS = {
     "snapshots": ("mask", "prediction", "epoch"),
     "metrics": ("train_loss", "val_rmse", "lr", "epoch"),
     "steps": ("loss", "epoch"),
+    "validation": ("rmse", "zero_rmse", "bias", "epoch"),  # optional: logs with named validation drives
 }
 
 
@@ -50,7 +54,8 @@ def _create(f: h5py.File, probe_shape: tuple) -> None:
 class RunLogWriter:
     """Append-only writer; `keep` (from `RunLogReader.rows_until`) carries over an older log on resume."""
 
-    def __init__(self, path, attrs: dict, probe: dict, keep: dict | None = None, flush_seconds: float = 0.5):
+    def __init__(self, path, attrs: dict, probe: dict, keep: dict | None = None, flush_seconds: float = 0.5,
+                 drives: list | None = None):
         self.path = Path(path)
         self.flush_seconds = flush_seconds
         self._last_flush = 0.0
@@ -65,6 +70,13 @@ class RunLogWriter:
             g.create_dataset("angle", data=np.asarray(probe["angle"], np.float32))
             g.create_dataset("index", data=np.asarray(probe["index"], np.int64))
             _create(f, g["image"].shape)
+            if drives:
+                g = f.create_group("validation")
+                g.attrs["drives"] = json.dumps(list(drives))
+                g.create_dataset("epoch", (0,), maxshape=(None,), dtype="f8", chunks=(256,))
+                for name in GROUPS["validation"][:-1]:
+                    g.create_dataset(name, (0, len(drives)), maxshape=(None, len(drives)), dtype="f8",
+                                     chunks=(256, len(drives)))
             for group, columns in (keep or {}).items():
                 self._append(group, columns)
             f.swmr_mode = True
@@ -78,7 +90,7 @@ class RunLogWriter:
 
     def _append(self, group: str, columns: dict) -> None:
         n = len(np.atleast_1d(columns["epoch"]))
-        if n == 0:
+        if n == 0 or group not in self.file:
             return
         for name in GROUPS[group]:  # "epoch" last: readers count rows by it
             ds = self.file[group][name]
@@ -100,6 +112,11 @@ class RunLogWriter:
 
     def metrics(self, epoch: float, train_loss: float, val_rmse: float, lr: float) -> None:
         self._append("metrics", {"epoch": [epoch], "train_loss": [train_loss], "val_rmse": [val_rmse], "lr": [lr]})
+        self._maybe_flush(force=True)
+
+    def validation(self, epoch: float, drives: list) -> None:
+        """Per-drive validation rows ({"rmse", "zero_rmse", "bias"}, in the order of `drives` at creation)."""
+        self._append("validation", {"epoch": [epoch], **{k: [[d[k] for d in drives]] for k in GROUPS["validation"][:-1]}})
         self._maybe_flush(force=True)
 
     def steps(self, epochs, losses) -> None:
@@ -143,6 +160,8 @@ class RunLogReader:
     def refresh(self) -> dict:
         """Pick up rows the writer has flushed; returns the row count per group."""
         for group, names in GROUPS.items():
+            if group not in self.file:
+                continue
             for name in names:
                 self.file[group][name].refresh()
             self._rows[group] = min(self.file[group][name].shape[0] for name in names)
@@ -172,10 +191,17 @@ class RunLogReader:
         """{"epoch", "loss"}: one row per logged training step."""
         return self._read("steps")
 
+    def validation(self) -> dict:
+        """{"drives": names, "epoch" (E,), "rmse", "zero_rmse", "bias" (E,D)}: per validation drive, one row
+        per finished epoch; {} for a log without per-drive rows."""
+        if "validation" not in self.file:
+            return {}
+        return {"drives": json.loads(self.file["validation"].attrs["drives"]), **self._read("validation")}
+
     def rows_until(self, epoch: float) -> dict:
         """Every row at or before `epoch` (to carry a log over when a run resumes from a checkpoint)."""
         out = {}
-        for group in GROUPS:
+        for group in self._rows:
             cols = self._read(group)
             keep = cols["epoch"] <= epoch + 1e-9
             out[group] = {k: v[keep] for k, v in cols.items()}

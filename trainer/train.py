@@ -29,6 +29,7 @@ from vbp_rt.dispatch import explain
 from vbp_rt.models import ConvNet, build, read_checkpoint, save_checkpoint
 
 from . import distributed
+from .drives import drive_name
 from .runlog import RunLogReader, RunLogWriter
 
 ARCHS = ("netsvf", "nethvf")
@@ -39,7 +40,7 @@ RUN_FILES = ("config.json", "last.pt", "best.pt", "runlog.h5")
 class TrainConfig:
     """Everything that defines a run (written to RUN_DIR/config.json and into every checkpoint)."""
 
-    store: str
+    store: str | list  # one training store, or several (their train splits are concatenated)
     arch: str
     out: str
     epochs: int = 32
@@ -56,8 +57,27 @@ class TrainConfig:
     net: dict = field(default_factory=dict)  # NetConfig overrides (channels, fc, ...)
     checkpoint_minutes: float = 10.0  # also write last.pt mid-epoch this often
     flip: float = 0.0  # probability of mirroring a training frame left-right (its angle negated)
+    val: list = field(default_factory=list)  # validation stores (every frame of each), instead of val_store
+
+    @property
+    def stores(self) -> list:
+        return [self.store] if isinstance(self.store, str) else list(self.store)
+
+    def validation_sets(self) -> list:
+        """(store, split) of every validation drive: --val stores, --val-store, or the test split of each
+        training store."""
+        if self.val or self.val_store:
+            return [(v, "all") for v in (self.val or [self.val_store])]
+        return [(s, "test") for s in self.stores]
 
     def __post_init__(self):
+        if not isinstance(self.store, str):
+            self.store = [str(s) for s in self.store]
+            if not self.store:
+                raise ValueError("no training store given")
+        self.val = [str(v) for v in self.val]
+        if self.val and self.val_store:
+            raise ValueError("give the validation drives either as val or as val_store, not both")
         self.snapshots = tuple(float(s) for s in self.snapshots)
         if self.arch not in ARCHS:
             raise ValueError(f"unknown architecture {self.arch!r}; vbp train knows {', '.join(ARCHS)}")
@@ -70,27 +90,55 @@ class TrainConfig:
             raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
 
 
-class FrameDataset(Dataset):
-    """Batches of (uint8 images (B,H,W), angles (B,)) read from a store by index lists.
+def store_offsets(paths) -> np.ndarray:
+    """Where each store's frames start when several stores are indexed as one: (len(paths) + 1,) int64."""
+    lengths = []
+    for path in paths:
+        with StoreReader(path) as r:
+            lengths.append(len(r))
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
-    The HDF5 file is opened lazily in the process that reads (each DataLoader worker has its own).
+
+class FrameDataset(Dataset):
+    """Batches of (uint8 images (B,H,W), angles (B,)) read by index lists from one store or from several
+    indexed as one (frame i of store k is index offsets[k] + i).
+
+    The HDF5 files are opened lazily in the process that reads (each DataLoader worker has its own).
     """
 
-    def __init__(self, path, view: str):
-        self.path, self.view = str(path), view
-        self._reader = None
+    def __init__(self, paths, view: str):
+        self.paths = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
+        self.view = view
+        self.offsets = store_offsets(self.paths)
+        self._readers = None
 
     def __getstate__(self):
-        return {"path": self.path, "view": self.view, "_reader": None}
+        return {**self.__dict__, "_readers": None}
+
+    def angles(self, indices) -> np.ndarray:
+        """The labels of frames (float64), without reading their images."""
+        idx = np.asarray(indices, np.int64)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty(len(idx))
+        for k in np.unique(which):
+            with StoreReader(self.paths[k]) as r:
+                out[which == k] = r.angle[:][idx[which == k] - self.offsets[k]]
+        return out
 
     def __getitem__(self, indices):
-        if self._reader is None:
-            self._reader = StoreReader(self.path)
+        if self._readers is None:
+            self._readers = [StoreReader(p) for p in self.paths]
         idx = np.asarray(indices, np.int64)
-        order = np.argsort(idx)
-        images = np.empty((len(idx),) + self._reader.images(self.view).shape[1:], np.uint8)
-        images[order] = self._reader.images(self.view)[idx[order]]
-        return torch.from_numpy(images), torch.from_numpy(self._reader.angle[idx].astype(np.float32))
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        images = np.empty((len(idx),) + self._readers[0].images(self.view).shape[1:], np.uint8)
+        angles = np.empty(len(idx), np.float32)
+        for k in np.unique(which):
+            r, at = self._readers[k], np.flatnonzero(which == k)
+            local = idx[at] - self.offsets[k]
+            order = np.argsort(local)
+            images[at[order]] = r.images(self.view)[local[order]]
+            angles[at] = r.angle[local]
+        return torch.from_numpy(images), torch.from_numpy(angles)
 
 
 def loader(dataset: FrameDataset, batches: list, workers: int) -> DataLoader:
@@ -116,6 +164,17 @@ def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n)]
 
 
+def check_stores(paths, split: str, view: str, height: int, width: int, need: int) -> np.ndarray:
+    """Indices of `split` in several stores indexed as one (FrameDataset), each checked by check_store."""
+    if isinstance(paths, (str, os.PathLike)):
+        return check_store(paths, split, view, height, width, need)
+    offsets = store_offsets(paths)
+    idx = np.concatenate([check_store(p, split, view, height, width, 1) + o for p, o in zip(paths, offsets)])
+    if len(idx) < need:
+        raise ValueError(f"the {split} splits of {len(paths)} stores have {len(idx)} frames; need at least {need}")
+    return idx
+
+
 def check_store(path, split: str, view: str, height: int, width: int, need: int) -> np.ndarray:
     """Indices of `split` in a store, after checking the view size, the split size and the labels."""
     with StoreReader(path) as r:
@@ -138,12 +197,11 @@ def check_store(path, split: str, view: str, height: int, width: int, need: int)
     return idx
 
 
-def probe_frames(path, view: str, indices: np.ndarray, count: int) -> dict:
-    """Up to `count` frames spread evenly over the validation frames."""
+def probe_frames(data: FrameDataset, indices: np.ndarray, count: int) -> dict:
+    """Up to `count` frames spread evenly over the validation frames (indices into `data`)."""
     pick = indices[np.unique(np.linspace(0, len(indices) - 1, count).round().astype(int))]
-    with StoreReader(path) as r:
-        images = r.images(view)[pick] if len(pick) else np.zeros((0,) + r.images(view).shape[1:], np.uint8)
-        return {"image": images, "angle": r.angle[pick].astype(np.float32), "index": pick}
+    images, angles = data[pick]
+    return {"image": images.numpy(), "angle": angles.numpy(), "index": pick}
 
 
 def batch_on_device(images: torch.Tensor, model: ConvNet, device) -> torch.Tensor:
@@ -187,13 +245,16 @@ class Trainer:
         self.view = view
         if cfg.batch_size % ctx.world:
             raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world} processes")
-        self.train_idx = check_store(cfg.store, "train", view, height, width, cfg.batch_size)
-        val_path, val_split = (cfg.val_store, "all") if cfg.val_store else (cfg.store, "test")
-        self.val_path = val_path
-        self.val_idx = check_store(val_path, val_split, view, height, width, 1)
+        self.train_idx = check_stores(cfg.store, "train", view, height, width, cfg.batch_size)
+        self.train_data = FrameDataset(cfg.stores, view)
+        val_sets = cfg.validation_sets()
+        self.val_data = FrameDataset([path for path, _ in val_sets], view)
+        self.val_parts = [check_store(path, split, view, height, width, 1) + offset
+                          for (path, split), offset in zip(val_sets, self.val_data.offsets)]
+        self.val_idx = np.concatenate(self.val_parts)
+        self.val_names = unique_names([drive_name(path) for path, _ in val_sets])
         if resume is None:
-            with StoreReader(cfg.store) as r:
-                angles = r.angle[self.train_idx].astype(np.float64)
+            angles = self.train_data.angles(self.train_idx)
             self.target = {"mean": float(angles.mean()), "std": float(angles.std()) or 1.0}
         else:
             self.target = dict(resume["target"])
@@ -202,8 +263,6 @@ class Trainer:
         self.model.to(ctx.device, memory_format=torch.channels_last if ctx.device.type == "cpu" else None)
         self.net = distributed.wrap(self.model, ctx)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-        self.train_data = FrameDataset(cfg.store, view)
-        self.val_data = FrameDataset(val_path, view)
         self.steps_per_epoch = len(self.train_idx) // cfg.batch_size
         self.pos = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0}
         self.best = math.inf
@@ -230,10 +289,10 @@ class Trainer:
             with RunLogReader(path) as old:
                 keep, probe = old.rows_until(self.progress()), old.probe()
         if probe is None:
-            probe = probe_frames(self.val_path, self.view, self.val_idx, self.cfg.probes)
-        attrs = {"arch": self.cfg.arch, "view": self.view, "store": str(Path(self.cfg.store).resolve()),
-                 "epochs": self.cfg.epochs}
-        return RunLogWriter(path, attrs, probe, keep=keep)
+            probe = probe_frames(self.val_data, self.val_idx, self.cfg.probes)
+        attrs = {"arch": self.cfg.arch, "view": self.view,
+                 "store": ", ".join(str(Path(s).resolve()) for s in self.cfg.stores), "epochs": self.cfg.epochs}
+        return RunLogWriter(path, attrs, probe, keep=keep, drives=self.val_names)
 
     def _checkpoint_extra(self) -> dict:
         return {"train_config": asdict(self.cfg), "optimizer": self.opt.state_dict(), "target": self.target,
@@ -252,22 +311,31 @@ class Trainer:
         return output * self.target["std"] + self.target["mean"]
 
     # -- evaluation --------------------------------------------------------------------------------
-    def validate(self) -> float:
-        """RMSE in degrees over the validation frames (eval mode; shared among processes)."""
+    def validate(self) -> tuple:
+        """(aggregate RMSE, per-drive rows) on the validation drives (eval mode; shared among processes).
+
+        Each row holds a drive's RMSE, the RMSE of always predicting 0 and the mean error (bias), in
+        degrees. The aggregate weighs every drive equally: the root of the mean of the drives' mean
+        squared errors (for one drive, its RMSE); best.pt is chosen on it."""
         distributed.sync_buffers(self.net, self.ctx)
         self.model.eval()
-        mine = self.val_idx[self.ctx.rank::self.ctx.world]
-        batches = [mine[i:i + self.cfg.batch_size] for i in range(0, len(mine), self.cfg.batch_size)]
-        sq, n = 0.0, 0
+        bs = self.cfg.batch_size
+        batches, part = [], []
+        for k, idx in enumerate(self.val_parts):
+            mine = idx[self.ctx.rank::self.ctx.world]
+            batches += [mine[i:i + bs] for i in range(0, len(mine), bs)]
+            part += [k] * len(range(0, len(mine), bs))
+        sums = np.zeros((len(self.val_parts), 4))  # per drive: squared error, count, error, squared label
         with torch.no_grad():
-            for images, angles in loader(self.val_data, batches, self.cfg.workers):
+            for k, (images, angles) in zip(part, loader(self.val_data, batches, self.cfg.workers)):
                 out = self.model(batch_on_device(images, self.model, self.ctx.device))
-                pred = self.degrees(out)[:, 0].cpu().double()
-                sq += float(((pred - angles.double()) ** 2).sum())
-                n += len(angles)
+                err = self.degrees(out)[:, 0].cpu().double() - angles.double()
+                sums[k] += [float((err ** 2).sum()), len(err), float(err.sum()), float((angles.double() ** 2).sum())]
         self.model.train()
-        sq, n = distributed.all_sum([sq, n], self.ctx)
-        return math.sqrt(sq / n)
+        sums = np.asarray(distributed.all_sum(sums.ravel().tolist(), self.ctx)).reshape(sums.shape)
+        rows = [{"drive": name, "rmse": math.sqrt(sq / n), "zero_rmse": math.sqrt(lab / n), "bias": float(e / n)}
+                for name, (sq, n, e, lab) in zip(self.val_names, sums.tolist())]
+        return float(math.sqrt(np.mean([r["rmse"] ** 2 for r in rows]))), rows
 
     def snapshot(self) -> None:
         """VBP masks and predictions of the probe frames, at the current fractional epoch (rank 0)."""
@@ -342,15 +410,16 @@ class Trainer:
             seconds = time.monotonic() - t0
             train_loss = self.pos["loss_sum"] / max(self.pos["loss_count"], 1)
             self.pos.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_count=0)
-            val = self.validate()
+            val, drives = self.validate()
             lr = self.opt.param_groups[0]["lr"]
             improved = val < self.best
             self.best = min(self.best, val)
             self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_rmse": val, "lr": lr,
                                  "seconds": seconds, "images_per_second": len(batches) * cfg.batch_size / seconds,
-                                 "data_wait_seconds": wait})
+                                 "data_wait_seconds": wait, "val_drives": drives})
             if ctx.main:
                 self.runlog.metrics(epoch + 1, train_loss, val, lr)
+                self.runlog.validation(epoch + 1, drives)
                 while pending and pending[0] <= self.progress() + 1e-9:
                     self.snapshot()
                     pending.pop(0)
@@ -367,6 +436,15 @@ class Trainer:
             self.runlog.close()
 
 
+def unique_names(names: list) -> list:
+    """Names made unique by numbering repeats ("drive", "drive#2")."""
+    seen, out = {}, []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
 def write_config(cfg: TrainConfig) -> None:
     path = Path(cfg.out) / "config.json"
     tmp = path.with_name(".config.json.tmp")
@@ -380,9 +458,9 @@ def preflight(cfg: TrainConfig) -> None:
     if "channels" in overrides:
         overrides.setdefault("strides", ())
     net = build(cfg.arch, height=cfg.height, **overrides).config
-    check_store(cfg.store, "train", net.view, net.height, net.width, cfg.batch_size)
-    val_path, val_split = (cfg.val_store, "all") if cfg.val_store else (cfg.store, "test")
-    check_store(val_path, val_split, net.view, net.height, net.width, 1)
+    check_stores(cfg.store, "train", net.view, net.height, net.width, cfg.batch_size)
+    for path, split in cfg.validation_sets():
+        check_store(path, split, net.view, net.height, net.width, 1)
 
 
 def claim_run_dir(out, overwrite: bool = False) -> None:
