@@ -153,7 +153,7 @@ class _OrtEngine:
             p = placement[name] = node_placement(part.SerializeToString(), providers, options)
             on_cpu = p.on("CPUExecutionProvider") if p is not None else 0
             if on_cpu:
-                listed = ", ".join(p.nodes.get("CPUExecutionProvider", [])[:8])
+                listed = ", ".join(p.nodes.get("CPUExecutionProvider", [])[:8]) or "all of them"
                 log.warning("ort-cuda: %d node(s) of the %s stage run on the CPU: %s", on_cpu, name, listed)
         return placement
 

@@ -125,7 +125,7 @@ def causes(facts: dict, placement: dict | None = None) -> list:
     for stage, p in (placement or {}).items():
         cpu = (p or {}).get("counts", {}).get("CPUExecutionProvider", 0)
         if cpu:
-            listed = ", ".join((p.get("nodes", {}).get("CPUExecutionProvider") or [])[:6])
+            listed = ", ".join((p.get("nodes", {}).get("CPUExecutionProvider") or [])[:6]) or "all of them"
             found.append(f"{cpu} node(s) of NetSVF's {stage} stage run on the CPU under ort-cuda ({listed}): "
                          "copies between host and device where they touch tensors; CUDA graphs accept them only "
                          "where they compute shapes")
