@@ -12,6 +12,7 @@ See docs/byom.md.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +27,11 @@ FITS = ("resize", "letterbox")
 KEYS = ("color", "layout", "height", "width", "fit", "box", "view", "scale", "mean", "std", "output")
 OUTPUT_KEYS = ("name", "unit", "label")
 _CONVERT = {"rgb": cv2.COLOR_BGR2RGB, "yuv": cv2.COLOR_BGR2YUV}
+SPEC_HELP = ("the model's input convention, over its ONNX metadata and its sidecar file MODEL.json: a .json file, "
+             "or key=value pairs: color=gray|rgb|bgr|yuv, layout=NCHW|NHWC, fit=resize|letterbox, "
+             "box=x0/y0/x1/y1 (fractions of the frame), scale=1/127.5, mean=M or M1/M2/M3, std=S or S1/S2/S3 "
+             "(x = (pixel*scale - mean)/std), size=HxW (symbolic inputs), output_name=, output_unit=deg, "
+             "output_label= (docs/byom.md)")
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,25 @@ def from_config(cfg, origin: str = "config") -> InputSpec:
                      scale=cfg.input_scale, origin=origin,
                      output={"name": "prediction", "unit": "deg" if steering else "",
                              "label": "steering angle" if steering else "output"})
+
+
+def announcement(spec: InputSpec, model) -> list:
+    """What a command says once about the spec it uses: where it came from (or that it was assumed) and a
+    fixed batch run frame by frame."""
+    if spec.origin == "assumed":
+        lines = [f"no input spec for {model} (ONNX metadata, {sidecar_path(model).name} or --input-spec): "
+                 f"assuming {spec.describe()}"]
+    else:
+        lines = [f"input {spec.describe()} (from {spec.origin})"]
+    if spec.batch is not None:
+        lines.append(f"the model has a fixed batch of {spec.batch}: frames run {spec.batch} at a time")
+    return lines
+
+
+def announce(spec: InputSpec, model, prog: str) -> None:
+    """Print `announcement` to stderr, each line prefixed with the command's name."""
+    for line in announcement(spec, model):
+        print(f"{prog}: {line}", file=sys.stderr)
 
 
 def _short(values) -> str:

@@ -13,11 +13,11 @@ from tqdm import tqdm
 
 from vbp_rt import methods
 from vbp_rt.data.files import DestinationLock, partial_path, publish, warn_stale, write_atomic
-from vbp_rt.data.preprocess import VIEWS, model_view, view_for
 from vbp_rt.data.sources import iter_frames, open_source
 from vbp_rt.dispatch import explain
-from vbp_rt.models import load_model, shipped_models
-from vbp_rt.onnx_model import is_onnx, onnx_config
+from vbp_rt.input_spec import SPEC_HELP, announce
+from vbp_rt.models import shipped_models
+from vbp_rt.onnx_model import model_info
 from vbp_rt.overlay import overlay
 
 
@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "explain", help="write predictions and masks for images, folders, videos or a data store",
         description="Run a model on frames and write its prediction and an attribution mask per frame. "
-                    "Frames are converted to the model's view (gray, lower crop, scaled).",
+                    "Frames are converted to the model's input as its input spec says (the project's models: "
+                    "gray, lower road crop, scaled; other models: see --input-spec and docs/byom.md).",
     )
     p.add_argument("model", help="checkpoint path, .onnx file (vbp and, with its MODEL.lrp.onnx variant, lrp) "
                                  "or shipped model name (" + ", ".join(_shipped()) + ")")
@@ -37,6 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output HDF5 file with /prediction and /mask")
     p.add_argument("--overlay-dir", help="also write each frame with its mask overlaid in red (PNG)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
+    p.add_argument("--input-spec", help=SPEC_HELP)
     p.set_defaults(func=run)
 
 
@@ -48,11 +50,8 @@ class FrameSource:
     """Frames of the given inputs (image files, folders, videos, stores: `vbp_rt.data.sources`), at the model's
     view; unreadable frames are reported and counted."""
 
-    def __init__(self, inputs, cfg):
-        self.cfg = cfg
-        self.view = view_for(cfg.view, cfg.height) if cfg.view in VIEWS else None
-        if self.view is not None and self.view.width != cfg.width:
-            raise ValueError(f"model input width {cfg.width} does not match view {cfg.view} ({self.view.width})")
+    def __init__(self, inputs, cfg, spec):
+        self.cfg, self.spec = cfg, spec
         self.sources = []
         self.bad = 0
         try:
@@ -70,8 +69,8 @@ class FrameSource:
         for source in self.sources:
             for frame in iter_frames(source, on_bad=lambda i, why, s=source: self._bad(s.label(i), why),
                                      on_end=lambda why: print(f"vbp explain: {why}", file=sys.stderr)):
-                image = frame.image if frame.prepared else model_view(frame.image, self.view, self.cfg.height,
-                                                                      self.cfg.width)
+                fits = frame.prepared and frame.image.shape[:2] == (self.spec.height, self.spec.width)
+                image = frame.image if fits else self.spec.view_image(frame.image)
                 yield source.label(frame.index), image
 
     def _bad(self, label, why):
@@ -114,28 +113,27 @@ def _check_outputs(args) -> tuple:
 
 def run(args) -> int:
     out, overlay_dir = _check_outputs(args)
-    if is_onnx(args.model):
-        model, cfg = args.model, onnx_config(args.model)
-    else:
-        model = load_model(args.model)
-        cfg = model.config
+    kind, model, _, cfg, spec = model_info(args.model, options=args.input_spec)
+    if kind == "onnx":
+        model = args.model  # vbp_rt.explain runs the file (onnxruntime, or its torch conversion)
     options = {} if args.eps is None else {"eps": args.eps}
     methods.check_options(args.method, options)  # fail early on an unknown method or option
-    source = FrameSource(args.inputs, cfg)
+    announce(spec, args.model, "vbp explain")
+    source = FrameSource(args.inputs, cfg, spec)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with DestinationLock(out, "vbp explain"):
             warn_stale(out, "vbp explain")
             if overlay_dir:
                 overlay_dir.mkdir(parents=True, exist_ok=True)
-            n = _write(out, overlay_dir, source, model, cfg, args, options)
+            n = _write(out, overlay_dir, source, model, cfg, spec, args, options)
     finally:
         source.close()
     print(f"vbp explain: {n} frames -> {out}" + (f" ({source.bad} bad frames skipped)" if source.bad else ""))
     return 0
 
 
-def _write(out, overlay_dir, source, model, cfg, args, options) -> int:
+def _write(out, overlay_dir, source, model, cfg, spec, args, options) -> int:
     """Explain every frame into a temporary file renamed onto `out` when complete; returns the frame count."""
     tmp = partial_path(out)
     n = 0
@@ -151,7 +149,7 @@ def _write(out, overlay_dir, source, model, cfg, args, options) -> int:
             with tqdm(total=source.count_hint(), unit="frame", desc=f"vbp explain ({args.method})",
                       disable=None) as bar:
                 for labels, imgs in _batches(source, args.batch_size):
-                    x = torch.from_numpy(imgs).float().mul_(cfg.input_scale).unsqueeze(1)
+                    x = torch.from_numpy(spec.to_tensor(imgs))
                     e = explain(model, x, method=args.method, **options)
                     pred = e.prediction.detach().cpu().numpy()
                     pred = pred[:, 0] if cfg.outputs == 1 else pred
