@@ -20,9 +20,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper, version_converter
 from torch import nn
 
-from . import onnx_graph
-from .data.preprocess import VIEWS, view_for
+from . import input_spec, onnx_graph
 from .graph import Chain, SpatialOp, find_torch_chain
+from .input_spec import InputSpec
 from .methods.lrp import epsilon_lrp
 from .methods.vbp import backproject, backproject_dag
 from .upsample import natural_size
@@ -212,7 +212,7 @@ def append_vbp_head(model, chain: Chain | None = None, input_shape=None) -> onnx
         m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
                                                             [_batch_dim(m), *chain.input_shape[1:]]))
     m.ir_version = min(m.ir_version, MAX_IR_VERSION)
-    _set_meta(m, {"vbp_rt.vbp_output": VBP_OUTPUT, "vbp_rt.vbp_relevance": VBP_RELEVANCE, "vbp_rt.vbp_means": means})
+    set_metadata(m, {"vbp_rt.vbp_output": VBP_OUTPUT, "vbp_rt.vbp_relevance": VBP_RELEVANCE, "vbp_rt.vbp_means": means})
     return m
 
 
@@ -229,7 +229,7 @@ def expose_maps(model, chain: Chain | None = None, input_shape=None) -> onnx.Mod
             m.graph.output.append(helper.make_tensor_value_info(link.name, TensorProto.FLOAT,
                                                                 [_batch_dim(m), *link.shape]))
     m.ir_version = min(m.ir_version, MAX_IR_VERSION)
-    _set_meta(m, {"vbp_rt.maps": chain.names})
+    set_metadata(m, {"vbp_rt.maps": chain.names})
     return m
 
 
@@ -238,7 +238,8 @@ def _batch_dim(m: onnx.ModelProto):
     return d.dim_value if d.HasField("dim_value") else (d.dim_param or "batch")
 
 
-def _set_meta(m: onnx.ModelProto, entries: dict) -> None:
+def set_metadata(m: onnx.ModelProto, entries: dict) -> None:
+    """Add or replace metadata_props entries (non-string values as JSON)."""
     props = {p.key: p.value for p in m.metadata_props}
     props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in entries.items()})
     onnx.helper.set_model_props(m, props)
@@ -304,14 +305,12 @@ def map_output_names(names) -> list:
 
 
 def input_info(model: nn.Module, input_shape=None) -> dict:
-    """What the network expects, for the ONNX metadata: layout, gray/colour, size, scale, camera view."""
+    """What the network expects, for the ONNX metadata: its input spec (vbp_rt.input_spec) as JSON."""
     cfg = getattr(model, "config", None)
-    c, h, w = tuple(input_shape) if input_shape is not None else cfg.input_shape
-    view = None
-    if cfg is not None and cfg.view:
-        view = view_for(cfg.view, cfg.height).to_dict() if cfg.view in VIEWS else {"name": cfg.view}
-    return {"layout": "NCHW", "dtype": "float32", "channels": c, "color": "gray" if c == 1 else "bgr",
-            "height": h, "width": w, "scale": cfg.input_scale if cfg is not None else None, "view": view}
+    if cfg is not None:
+        return input_spec.from_config(cfg).to_dict()
+    c, h, w = input_shape
+    return InputSpec(h, w, color="gray" if c == 1 else "rgb").to_dict()
 
 
 def _torch_export(wrapper: nn.Module, model: nn.Module, input_shape, output_names, opset: int) -> onnx.ModelProto:
@@ -355,9 +354,13 @@ def export_maps(model: nn.Module, input_shape=None, opset: int = DEFAULT_OPSET) 
     after the layer (e.g. "features.2"); dynamic batch."""
     shape = _model_shape(model, input_shape)
     chain = find_torch_chain(model, shape)
+    if not chain.is_chain:  # maps of a branching network: found again in the exported graph, named by it
+        m = expose_maps(_torch_export(model, model, shape, ["prediction"], opset))
+        set_metadata(m, _common_meta(model, shape, "maps"))
+        return m
     names = map_output_names(chain.names)
     m = _torch_export(_WithMaps(model, chain.names), model, shape, ["prediction", *names], opset)
-    _set_meta(m, {**_common_meta(model, shape, "maps"), "vbp_rt.maps": names})
+    set_metadata(m, {**_common_meta(model, shape, "maps"), "vbp_rt.maps": names})
     return m
 
 
@@ -365,7 +368,7 @@ def export_vbp(model: nn.Module, input_shape=None, opset: int = DEFAULT_OPSET, m
     """The network with VBP computed inside the graph: outputs "prediction", "vbp_mask", "vbp_relevance".
     `maps` is this model's export_maps() when already made."""
     m = append_vbp_head(maps if maps is not None else export_maps(model, input_shape, opset))
-    _set_meta(m, {"vbp_rt.variant": "vbp", "vbp_rt.maps": []})
+    set_metadata(m, {"vbp_rt.variant": "vbp", "vbp_rt.maps": []})
     return m
 
 
@@ -374,7 +377,7 @@ def export_lrp(model: nn.Module, eps: float = 100.0, input_shape=None, opset: in
     "lrp_mask" (N,H,W in [0,1]) and "lrp_relevance" (float64)."""
     shape = _model_shape(model, input_shape)
     m = _torch_export(_Lrp(model, eps), model, shape, ["prediction", LRP_OUTPUT, LRP_RELEVANCE], opset)
-    _set_meta(m, {**_common_meta(model, shape, "lrp"), "vbp_rt.lrp_eps": eps, "vbp_rt.lrp_output": LRP_OUTPUT,
+    set_metadata(m, {**_common_meta(model, shape, "lrp"), "vbp_rt.lrp_eps": eps, "vbp_rt.lrp_output": LRP_OUTPUT,
                   "vbp_rt.lrp_relevance": LRP_RELEVANCE})
     return m
 

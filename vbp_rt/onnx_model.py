@@ -263,3 +263,74 @@ def explain_onnx(path, x: torch.Tensor, method: str = "vbp", **options) -> Expla
                                        x.detach().cpu().float().numpy(), spec.batch)
     return Explanation(method, torch.from_numpy(np.asarray(pred)), torch.from_numpy(mask),
                        torch.from_numpy(relevance), {"backend": "onnxruntime", "model": str(path)})
+
+
+def dynamic_batch(model: onnx.ModelProto) -> tuple:
+    """(model, dynamic): a copy whose image input and outputs take any batch when the graph computes batch 2
+    correctly that way (a Reshape to a constant batch of 1 does not), else the model unchanged."""
+    dim = onnx_graph.data_input(model).type.tensor_type.shape.dim[0]
+    if not dim.HasField("dim_value"):
+        return model, True
+    fixed = dim.dim_value
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    onnx_graph.data_input(m).type.tensor_type.shape.dim[0].dim_param = "batch"
+    for o in m.graph.output:
+        dims = o.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == fixed:
+            dims[0].dim_param = "batch"
+    del m.graph.value_info[:]  # inferred shapes with the old batch
+    try:
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        i = session.get_inputs()[0]
+        shape = [2 if k == 0 else d for k, d in enumerate(onnx_graph.input_dims(m))]
+        outs = session.run(None, {i.name: np.zeros(shape, np.float32)})
+    except Exception:  # onnxruntime refuses or fails at batch 2: the graph really needs its fixed batch
+        return model, False
+    return (m, True) if all(np.ndim(o) and np.shape(o)[0] == 2 for o in outs) else (model, False)
+
+
+def export_foreign(model, out, variants, spec: InputSpec, eps: float = 100.0, opset: int | None = None,
+                   input_shape=None) -> tuple:
+    """`vbp export` for an ONNX model from elsewhere: maps, vbp and (from its torch conversion) lrp variants
+    next to `out`, converted to `opset` when given, with a dynamic batch when the graph allows it, and the input
+    spec in the metadata. Returns ({variant: path}, chain, notes)."""
+    model = onnx_graph.load(model)
+    notes = []
+    if opset is not None and opset != onnx_io.opset_of(model):
+        try:
+            model = onnx_io.version_converter.convert_version(model, opset)
+        except Exception as e:  # the converter raises its own error types
+            why = str(e).strip().splitlines()[-1].split(": ")[-1]
+            raise ValueError(f"cannot convert the ONNX model from opset {onnx_io.opset_of(model)} to {opset} "
+                             f"with onnx's version converter ({why})") from None
+        model.ir_version = min(model.ir_version, onnx_io.MAX_IR_VERSION)
+    model, dynamic = dynamic_batch(model)
+    if not dynamic:
+        notes.append(f"the graph needs its fixed batch of {spec.batch}: the variants keep it")
+    if input_shape is not None:
+        model = onnx_graph.with_input_shape(model, input_shape)
+    prediction = prediction_output(model, spec)
+    chain = onnx_graph.find_onnx_chain(model, prediction=prediction)
+    info = spec.to_dict()
+    if "lrp" in variants and spec.layout != "NCHW":
+        raise ValueError("the LRP variant takes NCHW input; for this NHWC model run --method lrp on the .onnx "
+                         "file itself (its torch conversion)")
+
+    def meta(variant, output=prediction):
+        return {"vbp_rt.format": onnx_io.ONNX_FORMAT, "vbp_rt.variant": variant,
+                "vbp_rt.input": {**info, "output": {**spec.output, "name": output}}}
+
+    built = {
+        "maps": lambda: onnx_io.expose_maps(model, chain),
+        "vbp": lambda: onnx_io.append_vbp_head(model, chain),
+        "lrp": lambda: onnx_io.export_lrp(onnx_torch.to_torch(model, prediction), eps, spec.input_shape,
+                                          opset or onnx_io.DEFAULT_OPSET),
+    }
+    paths = onnx_io.variant_paths(out)
+    written = {}
+    for v in variants:
+        m = built[v]()
+        onnx_io.set_metadata(m, meta(v, "prediction" if v == "lrp" else prediction))
+        written[v] = onnx_io.save(m, paths[v])
+    return written, chain, notes

@@ -8,7 +8,8 @@ from vbp_rt import onnx_graph, onnx_io
 from vbp_rt.data.files import partial_path, publish, warn_stale
 from vbp_rt.graph import find_torch_chain
 from vbp_rt.models import load_model, resolve_model_path
-from vbp_rt.onnx_model import is_onnx
+from vbp_rt.input_spec import SPEC_HELP, announce
+from vbp_rt.onnx_model import export_foreign, is_onnx, onnx_spec
 
 
 def add_parser(sub) -> None:
@@ -18,15 +19,18 @@ def add_parser(sub) -> None:
                     "metadata). OUT.onnx has the prediction and every post-ReLU conv map as outputs; "
                     "OUT.vbp.onnx computes the VisualBackProp mask inside the graph; OUT.lrp.onnx computes "
                     "epsilon-LRP inside the graph. MODEL may also be an ONNX ReLU CNN from elsewhere: its "
-                    "conv/ReLU chain is found by graph analysis (maps and vbp variants).",
+                    "conv/ReLU maps are found by graph analysis (maps and vbp variants; lrp through its torch "
+                    "conversion when asked), its input spec is written into the metadata.",
     )
     p.add_argument("model", help="shipped model name, checkpoint path, or an .onnx file")
     p.add_argument("--out", required=True, help="output path MODEL.onnx; variants go to MODEL.vbp.onnx, MODEL.lrp.onnx")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of maps,vbp,lrp (default: all three; maps,vbp for an .onnx input)")
     p.add_argument("--eps", type=float, default=100.0, help="epsilon of the LRP variant (default 100, as in the paper)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the exported network (default 17)")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset of the exported network (default 17; an .onnx input keeps its own unless given)")
     p.add_argument("--input-shape", help="C,H,W for an .onnx input whose height/width are symbolic")
+    p.add_argument("--input-spec", help=SPEC_HELP)
     p.set_defaults(func=run)
 
 
@@ -73,18 +77,19 @@ def _export(args, out) -> dict:
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(onnx_io.VARIANTS)}")
     if foreign:
-        if "lrp" in variants:
-            raise ValueError("the LRP variant is traced from a vbp-rt torch checkpoint; an .onnx input gets maps, vbp")
         model = onnx_graph.load(source)
-        chain = onnx_graph.find_onnx_chain(model, shape)
-        paths = onnx_io.variant_paths(out)
-        built = {"maps": lambda: onnx_io.expose_maps(model, chain),
-                 "vbp": lambda: onnx_io.append_vbp_head(model, chain)}
-        written = {v: onnx_io.save(built[v](), paths[v]) for v in variants}
+        spec = onnx_spec(model, source, args.input_spec, shape)
+        announce(spec, source, "vbp export")
+        written, chain, notes = export_foreign(model, out, variants, spec, args.eps, args.opset, shape)
+        for note in notes:
+            print(f"vbp export: {note}")
     else:
+        if args.input_spec:
+            raise ValueError("--input-spec is for an .onnx input; a vbp-rt checkpoint carries its own")
         model = load_model(source)
         chain = None
-        written = onnx_io.export(model, out, variants, eps=args.eps, input_shape=shape, opset=args.opset)
+        written = onnx_io.export(model, out, variants, eps=args.eps, input_shape=shape,
+                                 opset=args.opset or onnx_io.DEFAULT_OPSET)
     if chain is None:
         chain = find_torch_chain(model, model.config.input_shape)
     print(f"vbp export: {len(chain.links)} post-ReLU conv maps ({', '.join(chain.names)})")
