@@ -95,6 +95,10 @@ def test_train_eval_command_writes_table_csv_plot_and_refuses_to_overwrite(tmp_p
     assert [r["drive"] for r in rows] == ["d0", "d1", "all"]
     saved = json.loads((out / "steering.json").read_text())
     assert float(rows[0]["rmse"]) == pytest.approx(saved["drives"][0]["rmse"], rel=1e-5)
+    frames = list(csv.DictReader(io.StringIO((out / "steering_frames.csv").read_text())))
+    assert len(frames) == 80 and frames[40]["drive"] == "d1" and frames[40]["frame"] == "0"
+    with StoreReader(paths[1]) as r:
+        assert float(frames[40]["label"]) == pytest.approx(float(r.angle[0]), abs=1e-4)
     assert (out / "steering.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before = (out / "steering.md").read_bytes()
     capsys.readouterr()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FILES = ("steering.md", "steering.csv", "steering.json", "steering.png")
+FILES = ("steering.md", "steering.csv", "steering.json", "steering_frames.csv", "steering.png")
 
 
 def add_parser(sub) -> None:
@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
         description="Measure a steering model on several drives: per drive and over all of them the RMSE, the "
                     "RMSE of always predicting 0 and the ratio of the two, the mean error (bias, prediction minus "
                     "label), the correlation and the worst stretch of --window frames. Writes OUT/steering.md, "
-                    ".csv, .json and a plot of prediction against label over time (steering.png).",
+                    ".csv, .json, every frame's label and prediction (steering_frames.csv) and a plot of "
+                    "prediction against label over time (steering.png).",
         epilog="example: vbp train-eval netsvf --seeds 1001-1008 --frames 600 --out eval/netsvf")
     p.add_argument("model", help="model: netsvf, nethvf, a checkpoint (RUN_DIR/best.pt) or an ONNX file")
     p.add_argument("drives", nargs="*", metavar="DRIVE", help="stores with steering angles (.h5 from `vbp data`)")
@@ -55,6 +56,7 @@ def run(args) -> int:
     atomic_write(out / "steering.csv", steering_eval.csv_text(result).encode())
     atomic_write(out / "steering.json", json.dumps({"model": str(args.model), "drives": result["drives"],
                                                     "all": result["all"]}, indent=2).encode())
+    atomic_write(out / "steering_frames.csv", steering_eval.frames_csv(result).encode())
     if not args.no_plot:
         tmp = out / ".steering.tmp.png"
         steering_eval.plot(result, tmp, title=title, window=args.window)

@@ -124,6 +124,14 @@ def csv_text(result: dict) -> str:
     return buf.getvalue()
 
 
+def frames_csv(result: dict) -> str:
+    """drive, frame, label, prediction: one line per frame."""
+    lines = ["drive,frame,label,prediction"]
+    for name, (pred, label) in result["series"].items():
+        lines += [f"{name},{i},{lab:.4f},{p:.4f}" for i, (p, lab) in enumerate(zip(pred, label))]
+    return "\n".join(lines) + "\n"
+
+
 def plot(result: dict, path, title: str = "", window: int = WINDOW, fps: float = 20.0) -> None:
     """Prediction and label over time, one panel per drive, the worst stretch shaded."""
     from vbp_rt.extras import pyplot  # matplotlib is the optional [report] extra
