@@ -6,12 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from vbp_rt.data.sources import open_source
 
 from vbp_rt.extras import require
+from vbp_rt.input_spec import SPEC_HELP, announce
 from vbp_rt.methods import parse_methods
 from vbp_rt.overlay import COLORMAPS
 
+DEFAULT_METHODS = "vbp,lrp"
 DEMO_FRAMES = 400  # 20 s of driving at 20 frames/s
 DEMO_SEED = 7
 
@@ -29,7 +33,9 @@ def add_parser(sub) -> None:
                         "default ~/.cache/vbp-rt)")
     p.add_argument("--model", default="netsvf", help="shipped model name or checkpoint/ONNX path (default netsvf)")
     p.add_argument("--backend", default="auto", help="ort-cpu, ort-cuda, torch-cpu, torch-cuda or auto (default)")
-    p.add_argument("--methods", default="vbp,lrp", help="comma-separated attribution methods, lrp:eps=E sets LRP's epsilon (default vbp,lrp)")
+    p.add_argument("--methods", help="comma-separated attribution methods, lrp:eps=E sets LRP's epsilon (default vbp,lrp; "
+                                     "vbp alone when the model's LRP cannot start)")
+    p.add_argument("--input-spec", help=SPEC_HELP)
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--realtime", dest="realtime", action="store_true", default=None,
                       help="play files at their frame rate, dropping frames inference cannot keep up with "
@@ -77,15 +83,23 @@ def default_drive() -> Path:
     return path
 
 
-def runtime_factory(model, threads=None, eps=None):
-    """(backend, methods) -> Runtime for `model`."""
+def runtime_factory(model, threads=None, eps=None, spec=None):
+    """(backend, methods) -> Runtime for `model` (`spec`: --input-spec)."""
     from vbp_rt.runtime import (
         Runtime,  # torch and onnxruntime: imported once a model is really needed
     )
 
     def make(backend, methods):
-        return Runtime(model, backend=backend, methods=tuple(methods), threads=threads, eps=eps)
+        return Runtime(model, backend=backend, methods=tuple(methods), threads=threads, eps=eps, spec=spec)
     return make
+
+
+def _started(make, backend, methods):
+    """A Runtime that has run its methods once, on a blank frame: a method that cannot run on this model fails
+    here, before the first frame of the source."""
+    runtime = make(backend, methods)
+    runtime.run(runtime.prepare(np.zeros((480, 640, 3), np.uint8)))
+    return runtime
 
 
 def has_display() -> bool:
@@ -96,7 +110,7 @@ def has_display() -> bool:
 
 
 def run(args) -> int:
-    methods, eps = viewer_methods(args.methods)
+    methods, eps = viewer_methods(args.methods or DEFAULT_METHODS)
     if not 0.0 <= args.opacity <= 1.0:
         raise ValueError(f"--opacity must be within 0..1, got {args.opacity}")
     if args.speed <= 0:
@@ -111,9 +125,18 @@ def run(args) -> int:
     elif not has_display():
         raise ValueError("no display (DISPLAY is not set): run with --headless --out overlay.mp4, "
                          "or set QT_QPA_PLATFORM=offscreen")
-    make = runtime_factory(args.model, args.threads, eps)
+    make = runtime_factory(args.model, args.threads, eps, args.input_spec)
     print(f"vbp view: preparing {args.model} for {', '.join(methods)} (backend {args.backend})...", file=sys.stderr)
-    runtime = make(args.backend, methods)
+    try:
+        runtime = _started(make, args.backend, methods)
+    except ValueError as e:
+        if args.methods or "lrp" not in methods:
+            raise
+        print(f"vbp view: LRP does not run on this model ({e}); showing vbp only (choose with --methods)",
+              file=sys.stderr)
+        methods = tuple(m for m in methods if m != "lrp")
+        runtime = _started(make, args.backend, methods)
+    announce(runtime.spec, args.model, "vbp view")
     print(f"vbp view: running on {runtime.backend}", file=sys.stderr)
     source_spec = args.source or default_drive()
     if args.headless:

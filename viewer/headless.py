@@ -70,7 +70,8 @@ def run_headless(source, runtime, out, *, methods=None, realtime: bool = False, 
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"vbp view: {s['frames']} frames of {s['source']} -> {s['out']} "
+    where = f"-> {s['out']}" if s["out"] else "(no video written)"
+    lines = [f"vbp view: {s['frames']} frames of {s['source']} {where} "
              f"({s['backend']}, {'+'.join(s['methods'])})",
              f"  {'stage':<10}{'median':>9}{'p95':>9}  ms"]
     for k, v in s["stages_ms"].items():

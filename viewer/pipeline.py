@@ -114,6 +114,7 @@ class Result:
     dropped: int = 0
     bad: int = 0
     fresh: bool = True  # False when only the display settings changed (same inference as the last result)
+    unit: str = "deg"  # the prediction's unit (the model's input spec)
 
     @property
     def angle(self) -> float | None:
@@ -463,7 +464,8 @@ class Pipeline:
         result = Result(self.source.name, item.frame.index, self.source.length, frame_panel(item.shown, item.box),
                         method_panels(item.view, raw.masks, self.opacity, self.colormap), raw.masks, item.view,
                         raw.prediction, item.frame.truth, raw.timings, self.stats.summary(), self.runtime.backend,
-                        self.dropped, self.bad, fresh)
+                        self.dropped, self.bad, fresh,
+                        getattr(getattr(self.runtime, "spec", None), "unit", "deg"))
         with self._record_lock:
             if fresh and self._recorder is not None:
                 try:

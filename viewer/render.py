@@ -50,9 +50,10 @@ def hud_lines(result) -> list:
     """Two lines of text: the angles, and this frame's engine timings with the rolling frame rate."""
     first = f"frame {result.index}"
     if result.angle is not None:
-        first += f"   predicted {result.angle:+.1f} deg"
+        unit = f" {result.unit}" if result.unit else ""
+        first += f"   predicted {result.angle:+.1f}{unit}"
         if result.truth is not None:
-            first += f"   true {result.truth:+.1f} deg   error {result.angle - result.truth:+.1f} deg"
+            first += f"   true {result.truth:+.1f}{unit}   error {result.angle - result.truth:+.1f}{unit}"
     second = "   ".join(f"{k} {v:.1f} ms" for k, v in result.timings.items())
     second += f"   {result.stats.get('fps', 0.0):.1f} frames/s   {result.backend}"
     return [first, second]
