@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=float, help="time budget of one group of timings (default 25; quick: 2)")
     p.add_argument("--min-runs", type=int, help="timed calls of each method at least (default 15; quick: 5)")
     p.add_argument("--threads", type=int, help="engine threads (default: the runtime's choice, one per core)")
+    p.add_argument("--input-spec", help="input spec for .onnx models from elsewhere (key=value pairs or a .json "
+                                        "file, as for vbp explain; see docs/byom.md)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time (default); cpu: CPU time of the process per call, which other "
                         "programs on a shared machine do not inflate (with --threads 1: single-core latency)")
@@ -88,7 +90,8 @@ def settings_from(args) -> dict:
          "pipeline": not args.no_pipeline, "video": args.video, "frames": args.frames or d["frames"],
          "rounds": args.rounds or d["rounds"], "seconds": args.seconds or d["seconds"],
          "min_runs": args.min_runs or d["min_runs"], "stage_frames": d["stage_frames"], "threads": args.threads,
-         "keep_freed_memory": bool(args.keep_freed_memory), "clock": args.clock}
+         "keep_freed_memory": bool(args.keep_freed_memory), "clock": args.clock,
+         "input_spec": args.input_spec}
     if s["clock"] == "cpu" and any(b.endswith("cuda") for b in backends):
         raise ValueError("--clock cpu measures CPU work; GPU backends are timed with the wall clock (drop --clock)")
     if s["video"] and not Path(s["video"]).is_file():
@@ -125,7 +128,7 @@ def run(args) -> int:
     started = time.time()
     budget = budget_for(s)
     results = Results()
-    runtimes = Runtimes(s["threads"])
+    runtimes = Runtimes(s["threads"], s["input_spec"])
     specs = [resolve_model(m) for m in s["models"]]
     for spec in specs:
         if spec.weights == "random":

@@ -122,8 +122,8 @@ class Runtimes:
     """One `vbp_rt.runtime.Runtime` per (model, backend, methods), built on first use and shared by every
     batch size and the pipeline (building an onnxruntime engine exports the model: seconds)."""
 
-    def __init__(self, threads: int | None = None):
-        self.threads = threads
+    def __init__(self, threads: int | None = None, input_spec: str | None = None):
+        self.threads, self.input_spec = threads, input_spec
         self._made: dict = {}
 
     def get(self, spec: ModelSpec, backend: str, methods=()):
@@ -131,7 +131,8 @@ class Runtimes:
         key = (id(spec), backend, tuple(methods))
         if key not in self._made:
             source = copy.deepcopy(spec.module) if spec.module is not None else spec.source
-            self._made[key] = Runtime(source, backend=backend, methods=tuple(methods), threads=self.threads)
+            self._made[key] = Runtime(source, backend=backend, methods=tuple(methods), threads=self.threads,
+                                      spec=self.input_spec)
         return self._made[key]
 
     def clear(self) -> None:
@@ -156,6 +157,8 @@ def engine_group(spec: ModelSpec, backend: str, batch: int, methods, budget: Bud
         cfg = base.config
         spec.input_shape, spec.input_scale = (cfg.in_channels, cfg.height, cfg.width), cfg.input_scale
     images = make_images(spec.input_shape, batch)
+    if images.ndim == 4:  # colour: the runtime takes BGR view images (N,H,W,3)
+        images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
     engines, skipped = {FORWARD: (base, ())}, {}
     for m in methods:
         try:
