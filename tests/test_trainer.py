@@ -339,3 +339,23 @@ def test_runlog_written_before_per_drive_rows_still_reads(run, tmp_path):
         assert log.validation() == {}
         np.testing.assert_array_equal(log.metrics()["val_rmse"], metrics["val_rmse"])
         assert set(log.rows_until(1.0)) == {"snapshots", "metrics", "steps"}
+
+
+def test_init_starts_from_another_models_weights(store, tmp_path, monkeypatch, capsys):
+    from vbp_rt.trainer import train as train_module
+    start = build("nethvf", height=HEIGHT, channels=TINY_NET["channels"], strides=(), fc=TINY_NET["fc"])
+    with torch.no_grad():
+        for p in start.parameters():
+            p.add_(0.05)
+    save_checkpoint(tmp_path / "start.pt", start, half=True)
+    monkeypatch.setattr(train_module.Trainer, "run", lambda self: {"best_val_rmse": 0.0, "history": []})
+    train(tiny(store, tmp_path / "run", init=str(tmp_path / "start.pt")))
+    first = load_model(tmp_path / "run" / "last.pt")  # written before the first step
+    x = torch.rand(5, 1, HEIGHT, 351)
+    torch.testing.assert_close(first(x), start.half().float().eval()(x), rtol=1e-4, atol=1e-4)
+    other = build("nethvf", height=HEIGHT, channels=(4, 4), strides=(), fc=(8,))
+    save_checkpoint(tmp_path / "other.pt", other)
+    code, err = run_cli(train_args(store, tmp_path / "run2", "--init", tmp_path / "other.pt"), capsys)
+    assert code == 2 and "is not a nethvf of this layout" in err and "channels" in err
+    code, err = run_cli(["--resume", str(tmp_path / "run"), "--init", "x.pt"], capsys)
+    assert code == 2 and "--init" in err

@@ -51,6 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint-minutes", type=float, help="also write last.pt mid-epoch this often (default 10)")
     p.add_argument("--flip", type=float, help="probability of mirroring a training frame left-right with its angle "
                                               "negated (default 0; 0.5 balances left and right curves)")
+    p.add_argument("--init", metavar="MODEL", help="start from this model's weights (a shipped name such as netsvf, or "
+                                                   "a checkpoint of the same network) instead of random ones")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     p.set_defaults(func=run)
 
@@ -72,7 +74,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.resume:
         fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "val", "snapshots",
-                             "probes", "seed", "height", "net", "checkpoint_minutes") if getattr(args, o) not in (None, [])]
+                             "probes", "seed", "height", "net", "checkpoint_minutes", "init")
+                 if getattr(args, o) not in (None, [])]
         if args.overwrite:
             fixed.append("overwrite")
         if fixed:
@@ -84,6 +87,8 @@ def run(args) -> int:
         if not (args.store and args.arch and args.out):
             raise ValueError("vbp train needs STORE, --arch and --out (or --resume RUN_DIR)")
         options = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+        if args.init:
+            options["init"] = args.init
         if args.val_store and args.val:
             raise ValueError("give --val or --val-store, not both")
         if args.val_store:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from vbp_rt.data.store import StoreReader
 
 from vbp_rt.dispatch import explain
-from vbp_rt.models import ConvNet, build, read_checkpoint, save_checkpoint
+from vbp_rt.models import ConvNet, build, read_checkpoint, resolve_model_path, save_checkpoint
 
 from . import distributed
 from .drives import drive_name
@@ -58,6 +58,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also write last.pt mid-epoch this often
     flip: float = 0.0  # probability of mirroring a training frame left-right (its angle negated)
     val: list = field(default_factory=list)  # validation stores (every frame of each), instead of val_store
+    init: str | None = None  # start from this model's weights (shipped name or checkpoint) instead of random ones
 
     @property
     def stores(self) -> list:
@@ -256,6 +257,8 @@ class Trainer:
         if resume is None:
             angles = self.train_data.angles(self.train_idx)
             self.target = {"mean": float(angles.mean()), "std": float(angles.std()) or 1.0}
+            if cfg.init:
+                self.model.load_state_dict(initial_weights(cfg.init, self.model, self.target))
         else:
             self.target = dict(resume["target"])
             self.model.load_state_dict(unfold(resume["state_dict"], self.model, self.target))
@@ -436,6 +439,19 @@ class Trainer:
             self.runlog.close()
 
 
+def initial_weights(name_or_path, model: ConvNet, target: dict) -> dict:
+    """The weights of a model (shipped name or checkpoint, e.g. half precision) for `model`, unfolded for
+    `target`; a model of another network layout is an error naming both."""
+    init = read_checkpoint(resolve_model_path(name_or_path))
+    mine, theirs = asdict(model.config), dict(init.get("config", {}))
+    differ = [k for k in mine if k in theirs and list(np.atleast_1d(theirs[k])) != list(np.atleast_1d(mine[k]))]
+    if differ or not theirs:
+        raise ValueError(f"--init {name_or_path} is not a {model.config.arch} of this layout ("
+                         + ", ".join(f"{k} {theirs[k]!r} vs {mine[k]!r}" for k in differ) + ")")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in init["state_dict"].items()}
+    return unfold(state, model, target)
+
+
 def unique_names(names: list) -> list:
     """Names made unique by numbering repeats ("drive", "drive#2")."""
     seen, out = {}, []
@@ -461,6 +477,8 @@ def preflight(cfg: TrainConfig) -> None:
     check_stores(cfg.store, "train", net.view, net.height, net.width, cfg.batch_size)
     for path, split in cfg.validation_sets():
         check_store(path, split, net.view, net.height, net.width, 1)
+    if cfg.init:
+        resolve_model_path(cfg.init)
 
 
 def claim_run_dir(out, overwrite: bool = False) -> None:
