@@ -278,7 +278,7 @@ def write(out) -> tuple[Path, Path]:
             lines = cue_lines(check)
             body.append("<h2>Ground truth: the shortcut cue</h2><ul>"
                         + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
-            text += ["## Ground truth: the shortcut cue", ""] + [f"- {x}" for x in lines]
+            text += ["", "## Ground truth: the shortcut cue", ""] + [f"- {x}" for x in lines]
         text += ["", "Thumbnails, timelines and typical masks: report.html.", ""]
     finally:
         images.close()
