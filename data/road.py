@@ -9,7 +9,9 @@ The car is a kinematic bicycle (Lincoln MKZ-like: 2.85 m wheelbase, steering rat
 pure pursuit towards the centre of its lane, with actuator lag and a little jitter, while a smooth random
 yaw disturbance (crosswind, road camber, the driver's own wandering) keeps pushing it off the centre: the
 steering wheel angle depends on the curvature ahead *and* on the car's offset and heading, all of which
-the camera sees (the controller has no target the camera cannot show).
+the camera sees (the controller has no target the camera cannot show). The pursuit point is a fixed
+distance ahead at every speed: with a look-ahead growing with speed, which one frame does not show, the
+same view called for different angles at different speeds.
 """
 from __future__ import annotations
 
@@ -213,6 +215,7 @@ class Driver:
     ahead. The label (the actual road wheel angle) follows the pursuit command through the actuator lag."""
 
     LAG = 0.12  # s, actuator time constant
+    LOOKAHEAD = 12.0  # m, pursuit distance (inside the svf view's 4.8-29 m of ground), the same at every speed
     WANDER = 0.05  # rad/s, standard deviation of the yaw disturbance at wander strength 1
     WANDER_TIME = 2.0  # s, correlation time of the yaw disturbance
 
@@ -232,7 +235,7 @@ class Driver:
 
     def _pursuit(self, st: CarState) -> float:
         road = self.road
-        lookahead = float(np.clip(0.8 * st.v, 7.0, 18.0))
+        lookahead = self.LOOKAHEAD
         x, y, th, _ = road.sample(st.s)
         rx, ry = x - np.sin(th) * st.d, y + np.cos(th) * st.d
         heading = th + st.psi

@@ -50,6 +50,31 @@ def test_label_is_what_the_camera_can_see():
     assert np.sqrt(np.mean((label - visible) ** 2)) < 0.2 * label.std()
 
 
+def _visible_geometry_and_label(seed, frames=600):
+    """Per frame: what the camera sees (curvature 0-30 m ahead, offset, heading) and the label."""
+    road = Road(frames * 1.3 + 500, seed=seed)
+    driver = Driver(road, seed=seed)
+    rows, label = [], []
+    for _ in range(frames):
+        st = driver.step()
+        ahead = np.interp(st.s + np.array([0.0, 5, 10, 15, 20, 30]), road.s, road.kappa)
+        rows.append([1.0, *ahead, st.d, st.psi])
+        label.append(driver.wheel_angle_deg)
+    return np.array(rows), np.array(label)
+
+
+def test_one_view_means_one_label_at_every_speed():
+    """One function of the view fits the labels of drives at different speeds with no per-drive offset.
+    With a pursuit distance growing with speed (the generator before), the same fit left per-drive mean
+    errors up to 5 deg on 34 drives and 2-3.4 deg on several of these seeds."""
+    drives = [_visible_geometry_and_label(seed) for seed in (11, 101, 102, 108, 114, 115)]
+    X, y = np.concatenate([d[0] for d in drives]), np.concatenate([d[1] for d in drives])
+    w = np.linalg.lstsq(X, y, rcond=None)[0]
+    per_drive = [np.mean(lab - x @ w) for x, lab in drives]
+    assert np.std(y - X @ w) < 0.15 * np.std(y)
+    assert max(abs(m) for m in per_drive) < 1.0, per_drive
+
+
 def _straight_road(length=2000.0):
     road = Road(length, seed=1, crossings_per_km=0, shadows=0)
     road.set_curvature(np.zeros_like(road.s))
