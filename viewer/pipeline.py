@@ -440,7 +440,7 @@ class Pipeline:
         self._switch_runtime()  # the fields it reads are set before the refresh flag that may have led here
         rt = self.runtime
         want = (rt.config.height, rt.config.width)
-        if item.view.shape != want:
+        if item.view.shape[:2] != want:
             self.pause()
             self.on_event("error", f"{self.source.name}: frames at the model's view are {item.view.shape[1]}x"
                                    f"{item.view.shape[0]}, but the model expects {want[1]}x{want[0]}")

@@ -69,8 +69,7 @@ class FrameSource:
         for source in self.sources:
             for frame in iter_frames(source, on_bad=lambda i, why, s=source: self._bad(s.label(i), why),
                                      on_end=lambda why: print(f"vbp explain: {why}", file=sys.stderr)):
-                fits = frame.prepared and frame.image.shape[:2] == (self.spec.height, self.spec.width)
-                image = frame.image if fits else self.spec.view_image(frame.image)
+                image = frame.image if frame.prepared else self.spec.view_image(frame.image)
                 yield source.label(frame.index), image
 
     def _bad(self, label, why):
