@@ -26,6 +26,9 @@ EXTRAS = {
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-qt>=4.2", "captum>=0.7", "scikit-learn>=1.3",
                                     "hypothesis>=6"]
+# torch methods (LRP, gradients, Grad-CAM) on ONNX models from elsewhere (vbp_rt.onnx_torch). Not in [all]:
+# onnx2torch declares torchvision, which would replace the CPU torch; install it with pip install --no-deps.
+EXTRAS["convert"] = ["onnx2torch>=1.5"]
 EXTRAS["peers"] = ["captum>=0.7"]  # zennit, grad-cam: pip install --no-deps zennit grad-cam ttach (bench/README.md)
 # onnxruntime comes from exactly one of these two (vbp_rt/ort_install.py says why and which one a machine
 # needs; scripts/bootstrap.sh adds it to the extras it installs). No other extra names an onnxruntime.

@@ -8,6 +8,7 @@ Concat branches fed YUV. Each goes through `vbp explain`, headless `vbp view`, `
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import warnings
@@ -30,6 +31,8 @@ from vbp_rt.cli import main
 from vbp_rt.runtime import Runtime
 
 RNG = np.random.default_rng(0)
+needs_onnx2torch = pytest.mark.skipif(importlib.util.find_spec("onnx2torch") is None,
+                                      reason="onnx2torch is not installed (pip install --no-deps onnx2torch)")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -280,6 +283,7 @@ def test_fixed_batch_of_one_runs_frame_by_frame(models):
     assert rt.spec.batch == 1 and rt.run(np.zeros((3, 24, 32), np.uint8)).prediction.shape == (3, 1)
 
 
+@needs_onnx2torch
 def test_torch_methods_on_a_foreign_model_run_on_its_conversion(models):
     x = torch.rand(2, 3, 33, 100)
     torch.manual_seed(0)
@@ -292,6 +296,7 @@ def test_torch_methods_on_a_foreign_model_run_on_its_conversion(models):
     assert nhwc.mask.shape == (2, 19, 29)
 
 
+@needs_onnx2torch
 def test_converted_and_native_agree_on_the_project_model():
     torch.manual_seed(3)
     net = randomize_bn(vbp_rt.build("netsvf", height=125, width=128)).eval()

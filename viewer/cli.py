@@ -10,7 +10,7 @@ import numpy as np
 
 from vbp_rt.data.sources import open_source
 
-from vbp_rt.extras import require
+from vbp_rt.extras import MissingExtra, require
 from vbp_rt.input_spec import SPEC_HELP, announce
 from vbp_rt.methods import parse_methods
 from vbp_rt.overlay import COLORMAPS
@@ -129,7 +129,7 @@ def run(args) -> int:
     print(f"vbp view: preparing {args.model} for {', '.join(methods)} (backend {args.backend})...", file=sys.stderr)
     try:
         runtime = _started(make, args.backend, methods)
-    except ValueError as e:
+    except (ValueError, MissingExtra) as e:
         if args.methods or "lrp" not in methods:
             raise
         print(f"vbp view: LRP does not run on this model ({e}); showing vbp only (choose with --methods)",
