@@ -60,13 +60,14 @@ def run_synth(args) -> int:
 
     if args.frames < 1:
         raise ValueError(f"--frames must be at least 1, got {args.frames}")
-    if args.shortcut:
-        parse_shortcut(args.shortcut)  # one-line error before any frame is made
+    shortcut = getattr(args, "shortcut", "")  # callers that build their own Namespace may leave it out
+    if shortcut:
+        parse_shortcut(shortcut)  # one-line error before any frame is made
     if args.no_distractors:
         args.shadows = args.cars = args.crossings_per_km = 0.0
     options = SynthOptions(frames=args.frames, seed=args.seed, shadows=args.shadows, cars=args.cars,
                            crossings_per_km=args.crossings_per_km, lighting=args.lighting, noise=args.noise,
-                           shortcut=args.shortcut)
+                           shortcut=shortcut)
     summary = write_synth(Path(args.out), options, views=args.views, height=args.height, video=args.video)
     print(f"vbp data synth: {summary['frames']} frames -> {args.out}" + (f" and {args.video}" if args.video else "")
           + f" ({summary['fps']:.1f} frames/s)")
