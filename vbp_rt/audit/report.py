@@ -202,7 +202,8 @@ def write(out) -> tuple[Path, Path]:
         body.append(f"<h1>{html.escape(title)}</h1>")
         summary = (f"methods {', '.join(methods)} on {a['backend']}; {a['bad_frames']} unreadable frames skipped; "
                    f"{int(d['flagged'].sum())} frames flagged in {n_events} events; "
-                   f"{len(md['count'])} attention modes")
+                   f"{len(md['count'])} attention modes"
+                   + (f"; median VBP-LRP agreement {np.nanmedian(fr['agreement']):.2f}" if "agreement" in fr else ""))
         body.append(f"<p>{html.escape(summary)}</p>")
         text += [f"# {title}", "", summary, ""]
         for p in problems:
