@@ -27,11 +27,12 @@ import torch
 from onnx import utils as onnx_utils
 from torch import nn
 
-from . import onnx_graph, onnx_io, onnx_torch
+from . import graph_cache, input_spec, onnx_graph, onnx_io, onnx_torch
 from .data import preprocess
 from .dispatch import explain
 from .methods import vbp as vbp_method
-from .onnx_model import ONNX_METHODS, method_graph, model_info, needs_torch, prediction_output
+from .models import NetConfig, resolve_model_path
+from .onnx_model import ONNX_METHODS, is_onnx, method_graph, model_info, needs_torch, prediction_output
 from .precision import torch_fp32
 from .sessions import (cpu_session_options, cuda_provider_options, node_placement, ort, ort_cuda_status,
                        ort_cuda_works)
@@ -74,6 +75,23 @@ def _source(model, input_shape, methods=(), spec=None):
     return kind, obj.eval() if kind == "torch" else obj, path, config, model_spec
 
 
+def _cache_lookup(model, methods, eps, input_shape, spec) -> tuple:
+    """(key, source or None) for a checkpoint file or shipped model name (vbp_rt.graph_cache): on a hit the source
+    is what _source gives, made from the cached graph, with no checkpoint loaded into torch and nothing exported.
+    (None, None) for anything else (modules, ONNX files, methods without an onnxruntime head)."""
+    if (isinstance(model, (nn.Module, onnx.ModelProto)) or is_onnx(model)
+            or any(m not in ONNX_METHODS for m in methods)):
+        return None, None
+    path = resolve_model_path(model)
+    key = graph_cache.key(path, methods=sorted(methods), eps=eps, input_shape=input_shape, spec=spec)
+    graph = graph_cache.load(key)
+    config = onnx_io.metadata(graph).get("vbp_rt.config") if graph is not None else None
+    if not isinstance(config, dict):
+        return key, None
+    config = NetConfig(**config)
+    return key, ("onnx", graph, None, config, input_spec.resolve(input_spec.from_config(config), None, path, spec))
+
+
 def _merge(parts: list) -> tuple:
     """Results of a fixed-batch model run in pieces, as one batch (timings added up)."""
     if len(parts) == 1:
@@ -97,10 +115,14 @@ class _Stage:
 class _OrtEngine:
     """The forward session and one head session per method, on CPU or CUDA."""
 
-    def __init__(self, obj, path, methods, device, threads, spinning, cuda_graph, eps, input_shape, tf32=False):
+    def __init__(self, obj, path, methods, device, threads, spinning, cuda_graph, eps, input_shape, tf32=False,
+                 keep=None):
+        """`keep(graph)` is called with the graph (with its heads) once its sessions run (the graph cache)."""
         if cuda_graph and device != "cuda":
             raise ValueError("cuda_graph=True needs onnxruntime on CUDA (backend ort-cuda)")
+        t0 = time.perf_counter()
         graph, names = method_graph(obj, methods, eps, input_shape, path)
+        self.startup = {"export": (time.perf_counter() - t0) * 1000.0}  # ms: torch.onnx export and the heads
         outputs = {"prediction": names["prediction"], **{m: names[m][0] for m in methods}}
         self.device = device
         self.cuda_graph = cuda_graph
@@ -122,6 +144,7 @@ class _OrtEngine:
         means = onnx_io.metadata(graph).get("vbp_rt.vbp_means", []) if "vbp" in methods else []
         parts = split_stages(graph, self.prediction, {m: outputs[m] for m in methods}, means)
         self.placement = self._check_placement(parts, tf32) if device == "cuda" else {}
+        t0 = time.perf_counter()
         try:
             self.stages = {name: _Stage(part, providers, options, device) for name, part in parts.items()}
         except Exception as e:  # onnxruntime's own Fail type; with cuda_graph: capture refused
@@ -131,6 +154,7 @@ class _OrtEngine:
                       for k, p in self.placement.items() if p is not None and p.on("CPUExecutionProvider")}
             raise ValueError(f"onnxruntime refused CUDA graphs: {str(e).splitlines()[0]}"
                              + (f" (nodes on the CPU: {on_cpu})" if on_cpu else "")) from e
+        self.startup["sessions"] = (time.perf_counter() - t0) * 1000.0
         self.outputs = outputs
         runs_on = self.stages["forward"].session.get_providers()[0]
         if device == "cuda" and runs_on != "CUDAExecutionProvider":
@@ -140,6 +164,8 @@ class _OrtEngine:
         self.output_device = output_devices({k: st.inputs for k, st in self.stages.items()},
                                             {k: st.outputs for k, st in self.stages.items()}, self.results, device)
         self._buffers = None
+        if keep is not None:
+            keep(graph)
 
     def _check_placement(self, parts: dict, tf32: bool) -> dict:
         """Where onnxruntime puts each stage's nodes on CUDA ({stage: Placement}, from a throwaway session
@@ -279,6 +305,7 @@ class _TorchEngine:
         self.options = options
         self.tf32 = tf32
         self.placement = {}
+        self.startup = {}
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -333,6 +360,11 @@ class Runtime:
     it came from). A model with a fixed batch runs a larger batch in pieces of that size.
 
     With backend="auto", a backend that fails to start is skipped; `skipped` lists each with its reason.
+
+    A checkpoint or shipped model on onnxruntime starts from its exported graph in vbp_rt.graph_cache when an
+    earlier Runtime stored it (`graph_cached` says so). `startup` holds what starting took, in ms: "cache" (key
+    and lookup), "model" (loading the checkpoint, or reading the cached graph's config), "export" (the graph
+    with its heads) and "sessions" (onnxruntime sessions); torch backends have only the first two.
     """
 
     def __init__(self, model, backend: str = "auto", methods=("vbp",), threads: int | None = None, *,
@@ -340,25 +372,49 @@ class Runtime:
                  tf32: bool = False, spec=None):
         self.methods = tuple(methods)
         self.tf32 = tf32
-        kind, obj, path, self.config, self.spec = _source(model, input_shape, self.methods, spec)
-        input_shape = input_shape or self.spec.input_shape
-        self.view = self._view()
-        self.skipped = []
         if cuda_graph and backend not in ("auto", "ort-cuda"):
             raise ValueError(f"cuda_graph=True runs on onnxruntime's CUDA provider (backend ort-cuda), not {backend}")
-        for name in self._candidates("ort-cuda" if cuda_graph else backend, kind):
+        backend = "ort-cuda" if cuda_graph else backend
+        t0 = time.perf_counter()
+        key, cached = (_cache_lookup(model, self.methods, eps, input_shape, spec)
+                       if self._candidates(backend, "torch")[0].startswith("ort") else (None, None))
+        self._cache_ms = (time.perf_counter() - t0) * 1000.0
+        self.skipped = []
+        self.graph_cached = cached is not None  # started from vbp_rt.graph_cache, without torch's export
+        if cached is not None:
             try:
-                self.engine = self._engine(name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape)
+                if self._start(backend, cached, input_shape, threads, spinning, cuda_graph, eps):
+                    return
+            except Exception as e:  # a cached graph that does not start is rebuilt below, never fatal by itself
+                log.warning("graph cache: the cached graph did not start (%s); exporting again", e)
+        keep = (lambda graph: graph_cache.store(key, graph)) if key is not None else None
+        self.graph_cached = False
+        if not self._start(backend, lambda: _source(model, input_shape, self.methods, spec), input_shape, threads,
+                           spinning, cuda_graph, eps, keep):
+            raise ValueError(f"no backend can run this model with methods {', '.join(self.methods)}: "
+                             + "; ".join(self.skipped))
+
+    def _start(self, backend, source, input_shape, threads, spinning, cuda_graph, eps, keep=None) -> bool:
+        """The first candidate backend that starts on `source` (see _source) becomes self.engine; False when
+        none does (reasons in self.skipped)."""
+        t0 = time.perf_counter()
+        kind, obj, path, self.config, self.spec = source() if callable(source) else source
+        model_ms = (time.perf_counter() - t0) * 1000.0
+        input_shape = input_shape or self.spec.input_shape
+        self.view = self._view()
+        for name in self._candidates(backend, kind):
+            try:
+                self.engine = self._engine(name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape,
+                                           keep)
             except Exception as e:  # onnxruntime's errors derive from Exception only; torch.onnx's from RuntimeError
                 if backend != "auto":
                     raise
                 self.skipped.append(f"{name}: {e}")
                 continue
             self.backend = name
-            break
-        else:
-            raise ValueError(f"no backend can run this model with methods {', '.join(self.methods)}: "
-                             + "; ".join(self.skipped))
+            self.startup = {"cache": self._cache_ms, "model": model_ms, **self.engine.startup}
+            return True
+        return False
 
     def _view(self):
         """The camera view feeding this model (None when the model's size is not one of the known views)."""
@@ -380,11 +436,11 @@ class Runtime:
             names = [b for b in names if b.startswith("torch")] or names
         return names
 
-    def _engine(self, name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape):
+    def _engine(self, name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape, keep=None):
         lib, device = name.split("-")
         if lib == "ort":
             return _OrtEngine(obj, path, self.methods, device, threads, spinning, cuda_graph, eps, input_shape,
-                              self.tf32)
+                              self.tf32, keep=keep if kind == "torch" else None)
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("torch-cuda: torch sees no CUDA GPU")
         return _TorchEngine(obj, device, threads, {"lrp": {"eps": eps}} if eps is not None else {}, self.tf32)
