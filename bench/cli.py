@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 QUICK = {"models": "netsvf", "batch": "1", "methods": "vbp,lrp", "peer_batch": "1", "frames": 20, "rounds": 1,
-         "seconds": 2.0, "min_runs": 5, "stage_frames": 8}
+         "seconds": 2.0, "min_runs": 5, "stage_frames": 8, "startup": 0}
 FULL = {"models": "netsvf,nethvf", "batch": "1,8,32", "methods": None, "peer_batch": "1,8", "frames": 150,
-        "rounds": 3, "seconds": 25.0, "min_runs": 15, "stage_frames": 40}
+        "rounds": 3, "seconds": 25.0, "min_runs": 15, "stage_frames": 40, "startup": 2}
 
 
 def add_parser(sub) -> None:
@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, help="pipeline measurements per setting, alternating (default 3; quick: 1)")
     p.add_argument("--seconds", type=float, help="time budget of one group of timings (default 25; quick: 2)")
     p.add_argument("--min-runs", type=int, help="timed calls of each method at least (default 15; quick: 5)")
+    p.add_argument("--startup", type=int, metavar="N",
+                   help="start-up time of fresh processes, N cold/warm pairs: imports, model load, ONNX export, "
+                        "sessions, first inference, and vbp view's first overlay (default 2; quick: 0 = skip)")
     p.add_argument("--threads", type=int, help="engine threads (default: the runtime's choice, one per core)")
     p.add_argument("--input-spec", help="input spec for .onnx models from elsewhere (key=value pairs or a .json "
                                         "file, as for vbp explain; see docs/byom.md)")
@@ -91,11 +94,13 @@ def settings_from(args) -> dict:
          "rounds": args.rounds or d["rounds"], "seconds": args.seconds or d["seconds"],
          "min_runs": args.min_runs or d["min_runs"], "stage_frames": d["stage_frames"], "threads": args.threads,
          "keep_freed_memory": bool(args.keep_freed_memory), "clock": args.clock,
-         "input_spec": args.input_spec}
+         "input_spec": args.input_spec, "startup": d["startup"] if args.startup is None else args.startup}
     if s["clock"] == "cpu" and any(b.endswith("cuda") for b in backends):
         raise ValueError("--clock cpu measures CPU work; GPU backends are timed with the wall clock (drop --clock)")
     if s["video"] and not Path(s["video"]).is_file():
         raise FileNotFoundError(f"--video {s['video']} does not exist")
+    if s["startup"] < 0:
+        raise ValueError(f"--startup must be >= 0, got {s['startup']}")
     if s["frames"] < 2 or s["rounds"] < 1 or s["seconds"] <= 0 or s["min_runs"] < 3:
         raise ValueError("--frames must be >= 2, --rounds >= 1, --seconds > 0 and --min-runs >= 3")
     return s
@@ -118,6 +123,7 @@ def run(args) -> int:
     from .latency import Results, Runtimes, engine_group, resolve_model
     from .peers import peer_group
     from .pipeline import WARMUP_FRAMES, run_pipeline, synthetic_clip
+    from .startup import run_startup
 
     torch.set_flush_denormal(True)
     if s["threads"]:
@@ -160,10 +166,15 @@ def run(args) -> int:
                                          s["stage_frames"], s["clock"])
             if k + 1 == len(tasks) or tasks[k + 1][1] is not spec:
                 runtimes.clear()
+        startup = []
+        if s["startup"]:
+            bar.set_postfix_str(f"start-up {s['models'][0]}")
+            ort = [b for b in s["backends"] if b.startswith("ort")]
+            startup = run_startup(s["models"][0], (ort or s["backends"])[0], video, s["threads"], s["startup"])
     env["load_average_end"] = environment.load_average()
     env["seconds"] = round(time.time() - started, 1)
     settings = {**s, "budget": dataclasses.asdict(budget)}
-    doc = report.document(settings, env, [r.to_dict() for r in results.rows], pipeline, results.notes)
+    doc = report.document(settings, env, [r.to_dict() for r in results.rows], pipeline, results.notes, startup)
     paths = report.write(doc, args.out)
     print(report.table(doc))
     print("\nvbp bench: wrote " + ", ".join(str(p) for p in paths.values()))
