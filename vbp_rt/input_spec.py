@@ -160,7 +160,8 @@ class InputSpec:
         x = images.astype(np.float32) * np.float32(self.scale)
         if self.channels == 1:
             x = x[..., None]
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)  # (N,H,W,C)
+        if any(self.mean) or any(v != 1 for v in self.std):
+            x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)  # (N,H,W,C)
         if self.layout == "NCHW":
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x, dtype=np.float32)
