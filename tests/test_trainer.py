@@ -359,3 +359,15 @@ def test_init_starts_from_another_models_weights(store, tmp_path, monkeypatch, c
     assert code == 2 and "is not a nethvf of this layout" in err and "channels" in err
     code, err = run_cli(["--resume", str(tmp_path / "run"), "--init", "x.pt"], capsys)
     assert code == 2 and "--init" in err
+
+
+def test_ship_measures_several_drives(run, tmp_path, capsys):
+    from vbp_rt.trainer.ship import main as ship_main
+    stores = [make_store(tmp_path / f"m{i}.h5", frames=12, seed=30 + i, masks=True) for i in range(2)]
+    assert ship_main([str(run[0] / "best.pt"), "--eval-store", *map(str, stores)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    singles = [evaluate(run[0] / "best.pt", s) for s in stores]
+    for single, store in zip(singles, stores):
+        assert out[str(store)]["rmse"] == pytest.approx(single["rmse"])
+    assert out["summary"]["rmse"]["mean"] == pytest.approx(np.mean([s["rmse"] for s in singles]))
+    assert out["summary"]["mask_on_lane"]["max"] == pytest.approx(max(s["mask_on_lane"] for s in singles))

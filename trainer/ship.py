@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vbp_rt.trainer.ship", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="training checkpoint (RUN_DIR/best.pt) or any model checkpoint")
     p.add_argument("--to", help="write the half-precision shipped checkpoint here")
-    p.add_argument("--eval-store", help="store with ground-truth masks (`vbp data synth`) to measure on")
+    p.add_argument("--eval-store", nargs="+", help="stores with ground-truth masks (`vbp data synth`) to measure on; "
+                                                   "with several, each is reported and then their mean and range")
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
     model = args.checkpoint
@@ -83,7 +84,13 @@ def main(argv=None) -> int:
         model = export(args.checkpoint, args.to)
         print(f"wrote {model} ({model.stat().st_size / 1e6:.1f} MB)")
     if args.eval_store:
-        print(json.dumps(evaluate(model, args.eval_store, args.batch_size), indent=2))
+        results = {store: evaluate(model, store, args.batch_size) for store in args.eval_store}
+        if len(results) > 1:
+            keys = [k for k, v in next(iter(results.values())).items() if isinstance(v, float)]
+            results["summary"] = {k: {"mean": float(np.mean([r[k] for r in results.values()])),
+                                      "min": min(r[k] for r in results.values()),
+                                      "max": max(r[k] for r in results.values())} for k in keys}
+        print(json.dumps(results if len(args.eval_store) > 1 else results[args.eval_store[0]], indent=2))
     return 0
 
 
