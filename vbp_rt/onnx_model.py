@@ -63,21 +63,27 @@ def onnx_spec(model, path=None, options=None, input_shape=None) -> InputSpec:
     `vbp_rt.input`, the sidecar file MODEL.onnx.json beside `path` and `options`."""
     model = onnx_graph.load(model)
     chw = tuple(input_shape) if input_shape is not None else onnx_graph.input_chw(model)
-    if chw is None:
-        raise ValueError("the ONNX model's input height/width are symbolic: give input_shape=(C,H,W) "
-                         "(or size=HxW in the input spec)")
+    meta = onnx_io.metadata(model)
+    info = meta.get("vbp_rt.input") if isinstance(meta.get("vbp_rt.input"), dict) else None
+    if chw is None:  # symbolic height/width: the spec's size fixes them
+        sized = input_spec.resolve(InputSpec(0, 0), info, path, options)
+        dims = onnx_graph.input_dims(model)
+        c = dims[3 if onnx_graph.image_source(model)[1] == "NHWC" else 1] or sized.channels
+        if not sized.height or not sized.width:
+            raise ValueError("the ONNX model's input height/width are symbolic: give input_shape=(C,H,W) "
+                             "(or size=HxW in the input spec)")
+        chw = (c, sized.height, sized.width)
+        model = onnx_graph.with_input_shape(model, chw)
     c, h, w = chw
     if c not in (1, 3):
         raise ValueError(f"the ONNX model's image input has {c} channels; vbp-rt feeds gray (1) or colour (3) "
                          f"images (input shape {onnx_graph.input_dims(model)})")
     batch = onnx_graph.input_dims(model)[0]
-    meta = onnx_io.metadata(model)
     cfg = meta.get("vbp_rt.config")
     base = (input_spec.from_config(NetConfig(**cfg)) if isinstance(cfg, dict) else
             InputSpec(h, w, color="gray" if c == 1 else "rgb", layout=onnx_graph.image_source(model)[1],
                       output={"name": onnx_graph.prediction_name(model), "unit": "", "label": "output"}))
     base = replace(base, batch=batch)
-    info = meta.get("vbp_rt.input") if isinstance(meta.get("vbp_rt.input"), dict) else None
     spec = input_spec.resolve(base, info, path, options)
     if spec.input_shape != (c, h, w):
         raise ValueError(f"the input spec ({spec.origin}) describes {spec.channels}-channel {spec.height}x"
@@ -186,8 +192,8 @@ def method_graph(model, methods, eps: float | None = None, input_shape=None, pat
 
 
 @functools.lru_cache(maxsize=8)
-def _session(path: str, mtime: float, method: str, eps: float | None):
-    graph, outputs = method_graph(onnx_graph.load(path), (method,), eps, path=Path(path))
+def _session(path: str, mtime: float, method: str, eps: float | None, input_shape: tuple):
+    graph, outputs = method_graph(onnx_graph.load(path), (method,), eps, input_shape, Path(path))
     names = [outputs["prediction"], *outputs[method]]
     kept = [o for o in graph.graph.output if o.name in names]  # only what explain returns
     del graph.graph.output[:]
@@ -257,7 +263,7 @@ def explain_onnx(path, x: torch.Tensor, method: str = "vbp", **options) -> Expla
     if extra:
         raise ValueError(f"on an ONNX model, method {method!r} takes {'only eps' if method == 'lrp' else 'no options'}"
                          f"; got {', '.join(extra)}")
-    session, names = _session(*key, method, options.get("eps"))
+    session, names = _session(*key, method, options.get("eps"), spec.input_shape)
     feed = session.get_inputs()[0].name
     pred, mask, relevance = in_batches(lambda b: tuple(session.run(names, {feed: b})),
                                        x.detach().cpu().float().numpy(), spec.batch)
@@ -308,8 +314,8 @@ def export_foreign(model, out, variants, spec: InputSpec, eps: float = 100.0, op
     model, dynamic = dynamic_batch(model)
     if not dynamic:
         notes.append(f"the graph needs its fixed batch of {spec.batch}: the variants keep it")
-    if input_shape is not None:
-        model = onnx_graph.with_input_shape(model, input_shape)
+    if input_shape is not None or onnx_graph.input_chw(model) is None:
+        model = onnx_graph.with_input_shape(model, input_shape or spec.input_shape)
     prediction = prediction_output(model, spec)
     chain = onnx_graph.find_onnx_chain(model, prediction=prediction)
     info = spec.to_dict()
