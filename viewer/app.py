@@ -65,6 +65,13 @@ MESSAGE_STYLE = {"error": "background:#8b1a1a; color:white; padding:6px;",
                  "warning": "background:#8a6d00; color:white; padding:6px;"}
 
 
+class StartBridge(QObject):
+    """Hands the Runtime prepared in the background (or why it failed) to the UI thread."""
+
+    ready = pyqtSignal(object, object)  # runtime, methods
+    failed = pyqtSignal(str)
+
+
 class ResultBridge(QObject):
     """Hands results from the inference thread to the UI thread, keeping only the newest undisplayed one."""
 
@@ -110,7 +117,8 @@ class ViewerWindow(QMainWindow):
                  realtime: bool = True, speed: float = 1.0, opacity: float = 0.7, colormap: str = "red", save_dir="."):
         super().__init__()
         self.make_runtime = runtime_factory
-        self.runtime = runtime
+        self.runtime = runtime  # None until a model prepared in the background arrives (set_runtime)
+        self._pending_source = None
         self.methods = tuple(methods)
         self.backend_choice = backend
         self.realtime, self.speed, self.opacity, self.colormap = realtime, speed, opacity, colormap
@@ -129,6 +137,8 @@ class ViewerWindow(QMainWindow):
         self._build_actions()
         self.setWindowTitle("vbp view")
         self.resize(1400, 920)
+        if runtime is not None:
+            self._fill_choices()
 
     # ---- layout ----
     def _build_ui(self) -> None:
@@ -174,28 +184,25 @@ class ViewerWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.source_label = QLabel("no source")
-        self.backend_label = QLabel(f"backend {self.runtime.backend}")
+        self.backend_label = QLabel(f"backend {self.runtime.backend}" if self.runtime is not None
+                                    else "preparing the model…")
         self.record_label = QLabel("")
         self.record_label.setStyleSheet("color:#ff4040; font-weight:bold;")
         for w in (self.source_label, self.backend_label, self.record_label):
             self.statusBar().addPermanentWidget(w)
 
     def _settings_row(self) -> QHBoxLayout:
-        from vbp_rt.runtime import available_backends
         row = QHBoxLayout()
         row.addWidget(QLabel("methods:"))
         self.method_boxes = {}
-        for name in available_methods():
-            box = QCheckBox(name)
-            box.setChecked(name in self.methods)
-            box.setFocusPolicy(Qt.NoFocus)
-            box.toggled.connect(self._methods_toggled)
-            self.method_boxes[name] = box
-            row.addWidget(box)
+        self.method_row = QHBoxLayout()  # every registered method once the engine is loaded (_fill_choices)
+        for name in self.methods:
+            self._add_method_box(name)
+        row.addLayout(self.method_row)
         row.addStretch(1)
         row.addWidget(QLabel("backend:"))
         self.backend_box = QComboBox()
-        self.backend_box.addItems(["auto"] + list(available_backends()))
+        self.backend_box.addItems(list(dict.fromkeys(["auto", self.backend_choice])))
         self.backend_box.setCurrentText(self.backend_choice)
         self.backend_box.currentTextChanged.connect(self.set_backend)
         row.addWidget(self.backend_box)
@@ -215,6 +222,37 @@ class ViewerWindow(QMainWindow):
         for w in (self.backend_box, self.opacity_slider, self.colormap_box):
             w.setFocusPolicy(Qt.NoFocus)
         return row
+
+    def _add_method_box(self, name: str) -> None:
+        box = QCheckBox(name)
+        box.setChecked(name in self.methods)
+        box.setFocusPolicy(Qt.NoFocus)
+        box.toggled.connect(self._methods_toggled)
+        self.method_boxes[name] = box
+        self.method_row.addWidget(box)
+
+    def _fill_choices(self) -> None:
+        """Every registered method and every backend this machine runs: they import torch and probe onnxruntime,
+        so a window shown before its model is ready lists them once the model is."""
+        from vbp_rt.runtime import available_backends  # torch and onnxruntime: the model brought them in already
+        for name in available_methods():
+            if name not in self.method_boxes:
+                self._add_method_box(name)
+        self.backend_box.blockSignals(True)
+        self.backend_box.addItems([b for b in available_backends()
+                                   if self.backend_box.findText(b) < 0])
+        self.backend_box.blockSignals(False)
+
+    def set_runtime(self, runtime, methods) -> None:
+        """The model prepared in the background is ready: list the choices and open the source waiting for it."""
+        self.runtime = runtime
+        self._fill_choices()
+        self.set_methods(methods)
+        self.backend_label.setText(f"backend {runtime.backend}")
+        if self._pending_source is not None:
+            spec, play = self._pending_source
+            self._pending_source = None
+            self.open_source(spec, play=play)
 
     def _build_actions(self) -> None:
         def action(menu, text, shortcut, slot):
@@ -255,7 +293,12 @@ class ViewerWindow(QMainWindow):
 
     # ---- sources ----
     def open_source(self, spec, play: bool = False) -> bool:
-        """Open a video, camera index, drive or image folder; on failure say why and keep what was open."""
+        """Open a video, camera index, drive or image folder; on failure say why and keep what was open. Before the
+        model is ready the source waits for it."""
+        if self.runtime is None:
+            self._pending_source = (spec, play)
+            self.source_label.setText(f"{spec} (waiting for the model)")
+            return True
         try:
             source = open_source(spec, self.runtime.config.view)
         except (ValueError, OSError) as e:
@@ -494,13 +537,34 @@ class ViewerWindow(QMainWindow):
         super().closeEvent(event)
 
 
+def start_in_background(window: ViewerWindow, start) -> threading.Thread:
+    """Run `start() -> (runtime, methods)` on a thread; the window gets the result (set_runtime) or the error."""
+    bridge = window.start_bridge = StartBridge()
+    bridge.ready.connect(window.set_runtime, Qt.QueuedConnection)
+    bridge.failed.connect(lambda text: window.show_message("error", text), Qt.QueuedConnection)
+
+    def work():
+        try:
+            bridge.ready.emit(*start())
+        except Exception as e:  # shown in the window: ValueError/OSError from the model, onnxruntime's own errors
+            bridge.failed.emit(f"the model did not start: {e}")
+
+    thread = threading.Thread(target=work, name="vbp-model-start", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_app(runtime_factory, runtime, source_spec, *, methods, backend="auto", realtime=True, speed=1.0,
-            opacity=0.7, colormap="red", save_dir=".", monitor=None, audit=None) -> int:
+            opacity=0.7, colormap="red", save_dir=".", monitor=None, audit=None, start=None) -> int:
+    """The window. With runtime=None, `start() -> (runtime, methods)` prepares the model on a thread while the
+    window is already up; the source opens when it is ready."""
     app = QApplication.instance() or QApplication(sys.argv[:1])
     window = ViewerWindow(runtime_factory, runtime, methods=methods, backend=backend, realtime=realtime, speed=speed,
                           opacity=opacity, colormap=colormap, save_dir=save_dir)
     window.show()
     window.open_source(source_spec, play=True)
+    if runtime is None:
+        start_in_background(window, start)
     if audit:
         window.attach_audit(audit, source_spec)
     if monitor:

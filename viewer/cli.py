@@ -126,21 +126,28 @@ def run(args) -> int:
         raise ValueError("no display (DISPLAY is not set): run with --headless --out overlay.mp4, "
                          "or set QT_QPA_PLATFORM=offscreen")
     make = runtime_factory(args.model, args.threads, eps, args.input_spec)
-    print(f"vbp view: preparing {args.model} for {', '.join(methods)} (backend {args.backend})...", file=sys.stderr)
-    try:
-        runtime = _started(make, args.backend, methods)
-    except (ValueError, MissingExtra) as e:
-        if args.methods or "lrp" not in methods:
-            raise
-        print(f"vbp view: LRP does not run on this model ({e}); showing vbp only (choose with --methods)",
-              file=sys.stderr)
-        methods = tuple(m for m in methods if m != "lrp")
-        runtime = _started(make, args.backend, methods)
-    announce(runtime.spec, args.model, "vbp view")
-    print(f"vbp view: running on {runtime.backend}", file=sys.stderr)
+
+    def start():
+        """(Runtime that has run once, methods): vbp alone when LRP cannot start and --methods did not ask for it."""
+        chosen = methods
+        print(f"vbp view: preparing {args.model} for {', '.join(chosen)} (backend {args.backend})...", file=sys.stderr)
+        try:
+            runtime = _started(make, args.backend, chosen)
+        except (ValueError, MissingExtra) as e:
+            if args.methods or "lrp" not in chosen:
+                raise
+            print(f"vbp view: LRP does not run on this model ({e}); showing vbp only (choose with --methods)",
+                  file=sys.stderr)
+            chosen = tuple(m for m in chosen if m != "lrp")
+            runtime = _started(make, args.backend, chosen)
+        announce(runtime.spec, args.model, "vbp view")
+        print(f"vbp view: running on {runtime.backend}", file=sys.stderr)
+        return runtime, chosen
+
     source_spec = args.source or default_drive()
     if args.headless:
         from .headless import run_headless
+        runtime, methods = start()
         source = open_source(source_spec, runtime.config.view)
         summary = run_headless(source, runtime, args.out, methods=methods, realtime=bool(args.realtime),
                                speed=args.speed, frames=args.frames, opacity=args.opacity, colormap=args.colormap,
@@ -149,6 +156,7 @@ def run(args) -> int:
     require("PyQt5.QtWidgets", "viewer", "the vbp view window")
     require("pyqtgraph", "viewer", "the vbp view window")
     from .app import run_app  # Qt: imported only when a window is opened
-    return run_app(make, runtime, source_spec, methods=methods, backend=args.backend, realtime=args.realtime is not False,
+    # the window comes up at once; the model (torch, export or the graph cache, sessions) is prepared on a thread
+    return run_app(make, None, source_spec, methods=methods, backend=args.backend, realtime=args.realtime is not False,
                    speed=args.speed, opacity=args.opacity, colormap=args.colormap, save_dir=args.save_dir,
-                   monitor=args.monitor, audit=args.audit)
+                   monitor=args.monitor, audit=args.audit, start=start)
