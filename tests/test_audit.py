@@ -4,10 +4,7 @@ without recomputation, refusing an existing folder, unreadable frames, a vanishe
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 import pytest

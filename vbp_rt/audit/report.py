@@ -210,7 +210,8 @@ def write(out) -> tuple[Path, Path]:
             body.append(f'<p class="warn">{html.escape(p)}</p>')
             text.append(f"- problem: {p}")
         body.append("<h2>Timeline</h2>")
-        text += ["## Sources", "", "| source | frames | flagged | events | mean |error| (deg) |", "|---|---|---|---|---|"]
+        text += ["## Sources", "", "| source | frames | flagged | events | mean absolute error (deg) |",
+                 "|---|---|---|---|---|"]
         for src, spec in enumerate(sources):
             rows = np.flatnonzero(fr["source"] == src)
             if not len(rows):
