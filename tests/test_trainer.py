@@ -371,3 +371,17 @@ def test_ship_measures_several_drives(run, tmp_path, capsys):
         assert out[str(store)]["rmse"] == pytest.approx(single["rmse"])
     assert out["summary"]["rmse"]["mean"] == pytest.approx(np.mean([s["rmse"] for s in singles]))
     assert out["summary"]["mask_on_lane"]["max"] == pytest.approx(max(s["mask_on_lane"] for s in singles))
+
+
+def test_bf16_training_learns_like_float32_and_can_be_switched_on_resume(store, tmp_path):
+    runs = {}
+    for bf16 in (False, True):
+        out = tmp_path / f"bf16_{bf16}"
+        runs[bf16] = train(tiny(store, out, epochs=3, snapshots=(), bf16=bf16, lr=3e-3))
+    first = runs[False]["history"][0]["val_rmse"]
+    for bf16, result in runs.items():  # both learn: the validation RMSE falls well below the first epoch's
+        assert result["best_val_rmse"] < 0.8 * first, (bf16, [h["val_rmse"] for h in result["history"]])
+    assert runs[True]["history"][-1]["val_rmse"] == pytest.approx(runs[False]["history"][-1]["val_rmse"], rel=0.25)
+    assert runs[True]["history"][0]["train_loss"] != runs[False]["history"][0]["train_loss"]  # bf16 really ran
+    train(resume_dir=tmp_path / "bf16_True", epochs=4, bf16=False)
+    assert read_checkpoint(tmp_path / "bf16_True" / "last.pt")["train_config"]["bf16"] is False

@@ -1,11 +1,12 @@
 """`vbp train STORE.h5 --arch netsvf|nethvf --out RUN_DIR` and `vbp train --resume RUN_DIR`."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
 DEFAULTS = dict(epochs=32, batch_size=32, lr=5e-3, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
-                height=135, checkpoint_minutes=10.0, flip=0.0)
+                height=135, checkpoint_minutes=10.0, flip=0.0, bf16=False)
 
 
 def add_parser(sub) -> None:
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="train into --out even if it holds a run; the old run "
                                                             "is moved aside to OUT.old-DATE-TIME, not deleted")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt "
-                                                       "(--epochs, --lr, --flip, --device, --workers may be changed)")
+                                                       "(--epochs, --lr, --flip, --bf16, --device, --workers may be changed)")
     p.add_argument("--epochs", type=int, help=f"epochs to train (default {DEFAULTS['epochs']}, as in the paper)")
     p.add_argument("--batch-size", type=int, help=f"global batch size, split among processes "
                                                   f"(default {DEFAULTS['batch_size']})")
@@ -51,6 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint-minutes", type=float, help="also write last.pt mid-epoch this often (default 10)")
     p.add_argument("--flip", type=float, help="probability of mirroring a training frame left-right with its angle "
                                               "negated (default 0; 0.5 balances left and right curves)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the training forward pass under bfloat16 autocast: about twice the images/s on CPUs "
+                        "with AMX or AVX-512 BF16 (validation stays float32; default off)")
     p.add_argument("--init", metavar="MODEL", help="start from this model's weights (a shipped name such as netsvf, or "
                                                    "a checkpoint of the same network) instead of random ones")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
@@ -82,7 +86,7 @@ def run(args) -> int:
             raise ValueError(f"--resume continues a run with its own settings; do not give "
                              f"{', '.join('--' + o.replace('_', '-') if o != 'store' else 'STORE' for o in fixed)}")
         result = train(resume_dir=args.resume, epochs=args.epochs, lr=args.lr, device=args.device,
-                       workers=args.workers, flip=args.flip)
+                       workers=args.workers, flip=args.flip, bf16=args.bf16)
     else:
         if not (args.store and args.arch and args.out):
             raise ValueError("vbp train needs STORE, --arch and --out (or --resume RUN_DIR)")

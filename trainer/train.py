@@ -59,6 +59,7 @@ class TrainConfig:
     flip: float = 0.0  # probability of mirroring a training frame left-right (its angle negated)
     val: list = field(default_factory=list)  # validation stores (every frame of each), instead of val_store
     init: str | None = None  # start from this model's weights (shipped name or checkpoint) instead of random ones
+    bf16: bool = False  # training forward pass under bfloat16 autocast (validation and snapshots stay float32)
 
     @property
     def stores(self) -> list:
@@ -386,7 +387,9 @@ class Trainer:
                 images, angles = mirror(images, angles, cfg.flip, cfg.seed, epoch, self.pos["batch"])
                 x = batch_on_device(images, self.model, ctx.device)
                 y = (angles.to(ctx.device).unsqueeze(1) - self.target["mean"]) / self.target["std"]
-                loss = torch.nn.functional.mse_loss(self.net(x), y)
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    out = self.net(x)
+                loss = torch.nn.functional.mse_loss(out.float(), y)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
@@ -553,15 +556,15 @@ def load_resume(run_dir) -> tuple:
 
 def train(cfg: TrainConfig | None = None, resume_dir=None, epochs: int | None = None, lr: float | None = None,
           device: str | None = None, workers: int | None = None, flip: float | None = None,
-          overwrite: bool = False) -> dict:
-    """Train a new run (`cfg`) or continue one (`resume_dir`, optionally with more `epochs`, another `lr` or
-    `flip`). A new run refuses a folder holding a run unless `overwrite` (the old run is moved aside); the
+          overwrite: bool = False, bf16: bool | None = None) -> dict:
+    """Train a new run (`cfg`) or continue one (`resume_dir`, optionally with more `epochs`, another `lr`,
+    `flip`, `bf16`, `device` or `workers`). A new run refuses a folder holding a run unless `overwrite` (the old run is moved aside); the
     stores and the run folder are checked before anything is written."""
     ckpt = None
     if resume_dir is not None:
         cfg, ckpt = load_resume(resume_dir)
         for name, value in (("epochs", epochs), ("lr", lr), ("device", device), ("workers", workers),
-                            ("flip", flip)):
+                            ("flip", flip), ("bf16", bf16)):
             if value is not None:
                 setattr(cfg, name, value)
         cfg.__post_init__()  # the changed settings are checked like new ones
