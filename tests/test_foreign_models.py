@@ -324,3 +324,16 @@ def test_spec_text_and_files():
         input_spec.resolve(input_spec.InputSpec(10, 10), options="color=hsv")
     with pytest.raises(ValueError, match="mean needs 1 or 3 values"):
         input_spec.resolve(input_spec.InputSpec(10, 10, color="rgb"), options="mean=1/2/3/4")
+
+
+def test_viewer_labels_the_prediction_with_the_spec_unit_and_the_summary_never_says_none():
+    from types import SimpleNamespace
+
+    from vbp_rt.viewer.headless import format_summary
+    from vbp_rt.viewer.render import hud_lines
+    frame = dict(index=3, angle=4.25, truth=None, timings={}, stats={}, backend="ort-cpu")
+    assert "predicted +4.2 deg" in hud_lines(SimpleNamespace(**frame, unit="deg"))[0]
+    assert hud_lines(SimpleNamespace(**frame, unit=""))[0].endswith("predicted +4.2")
+    summary = {"frames": 0, "source": "clip", "out": None, "backend": "ort-cpu", "methods": ["vbp"], "stages_ms": {},
+               "frames_per_second": 0.0, "dropped": 0, "bad_frames": 2}
+    assert "None" not in format_summary(summary) and "no video written" in format_summary(summary)
