@@ -363,7 +363,7 @@ class Runtime:
 
     A checkpoint or shipped model on onnxruntime starts from its exported graph in vbp_rt.graph_cache when an
     earlier Runtime stored it (`graph_cached` says so). `startup` holds what starting took, in ms: "cache" (key
-    and lookup), "model" (loading the checkpoint, or reading the cached graph's config), "export" (the graph
+    and lookup), "load" (loading the checkpoint, or reading the cached graph's config), "export" (the graph
     with its heads) and "sessions" (onnxruntime sessions); torch backends have only the first two.
     """
 
@@ -374,6 +374,7 @@ class Runtime:
         self.tf32 = tf32
         if cuda_graph and backend not in ("auto", "ort-cuda"):
             raise ValueError(f"cuda_graph=True runs on onnxruntime's CUDA provider (backend ort-cuda), not {backend}")
+        self._auto = backend == "auto"  # with cuda_graph, auto tries ort-cuda alone, skipping it when it fails
         backend = "ort-cuda" if cuda_graph else backend
         t0 = time.perf_counter()
         key, cached = (_cache_lookup(model, self.methods, eps, input_shape, spec)
@@ -407,12 +408,12 @@ class Runtime:
                 self.engine = self._engine(name, kind, obj, path, threads, spinning, cuda_graph, eps, input_shape,
                                            keep)
             except Exception as e:  # onnxruntime's errors derive from Exception only; torch.onnx's from RuntimeError
-                if backend != "auto":
+                if not self._auto:
                     raise
                 self.skipped.append(f"{name}: {e}")
                 continue
             self.backend = name
-            self.startup = {"cache": self._cache_ms, "model": model_ms, **self.engine.startup}
+            self.startup = {"cache": self._cache_ms, "load": model_ms, **self.engine.startup}
             return True
         return False
 
