@@ -219,3 +219,15 @@ def test_onnx_graph_with_a_skip_and_concat_matches_the_path_enumeration():
     averages = [outs[n].astype(np.float64).mean(1) for n in chain.names]
     for k in range(2):
         np.testing.assert_allclose(mask[k], _reference(chain, averages, k)[0], atol=2e-6)
+
+
+def test_a_constant_first_operand_is_not_taken_for_the_map():
+    """Add(shift, x) with a (1,C,1,1) constant first (a folded BatchNorm as some exporters write it) keeps the size."""
+    w0 = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w0")
+    shift = numpy_helper.from_array(np.full((1, 2, 1, 1), 0.1, np.float32), "shift")
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1] * 4), helper.make_node("Add", ["shift", "c0"], ["s"]),
+             helper.make_node("Relu", ["s"], ["a"]), helper.make_node("ReduceSum", ["a"], ["y"], keepdims=0)]
+    g = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 6, 7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w0, shift])
+    chain = onnx_graph.find_onnx_chain(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    assert chain.names == ["a"] and chain.is_chain

@@ -297,15 +297,15 @@ def _fx_dag(model: nn.Module, input_shape):
                 raise ValueError(f"{n.name} ({n.op} {n.target}) turns a non-map tensor into a map on the way to "
                                  f"{node.name}: VisualBackProp follows only 4-D feature maps")
             for a in inputs:
-                walk(a, seq + [n])
+                walk(a, seq + [(n, a)])
 
         for a in _fx_inputs(node, data, shape_of):
             walk(a, [])
         ops_of = {}
         for _, seq in paths:
-            for n in seq:
+            for n, taken in seq:
                 op = spatial(n)
-                if op is None and tuple(shape_of(n)[-2:]) != tuple(shape_of(_fx_inputs(n, data, shape_of)[0])[-2:]):
+                if op is None and tuple(shape_of(n)[-2:]) != tuple(shape_of(taken)[-2:]):
                     raise ValueError(f"{n.name} ({n.target}) changes the map size in a way VisualBackProp cannot "
                                      "invert; supported: Conv2d, MaxPool2d, AvgPool2d")
                 ops_of[n] = op
@@ -313,7 +313,7 @@ def _fx_dag(model: nn.Module, input_shape):
             continue
         counts: dict = {}
         for src, seq in paths:
-            k = (src, tuple(ops_of[n] for n in seq if ops_of[n] is not None))
+            k = (src, tuple(ops_of[n] for n, _ in seq if ops_of[n] is not None))
             counts[k] = counts.get(k, 0) + 1
         edges = tuple(Edge(src, ops, k) for (src, ops), k in counts.items())
         maps[node] = len(links)

@@ -254,12 +254,12 @@ def find_onnx_chain(model, input_shape=None, prediction: str | None = None) -> C
         if id(node) not in relevant or node.op_type != "Relu" or len(shapes.get(node.output[0]) or ()) != 4:
             continue
         paths = _paths_into(node, flow, maps, source, data, shapes)
-        if not any(n.op_type == "Conv" for p in paths for n in p[1]):
+        if not any(n.op_type == "Conv" for p in paths for n, _ in p[1]):
             continue
         edges: dict = {}
-        for src, nodes in paths:
-            _check_path(nodes, shapes, node)
-            key = (src, tuple(spatial_op(n, shapes) for n in nodes if n.op_type in SPATIAL_OPS))
+        for src, steps in paths:
+            _check_path(steps, shapes, node)
+            key = (src, tuple(spatial_op(n, shapes) for n, _ in steps if n.op_type in SPATIAL_OPS))
             edges[key] = edges.get(key, 0) + 1
         edges = tuple(Edge(src, ops, k) for (src, ops), k in edges.items())
         maps[node.output[0]] = len(links)
@@ -280,7 +280,8 @@ def _data_inputs(node, data: set, shapes: dict) -> list:
 
 
 def _paths_into(relu, flow: _Flow, maps: dict, source: str, data: set, shapes: dict) -> list:
-    """Every data path into `relu` from a map or the input: [(source index, [nodes in forward order])]."""
+    """Every data path into `relu` from a map or the input: [(source index, [(node, the input it takes on this
+    path)] in forward order)]."""
     out = []
 
     def walk(tensor, nodes):
@@ -296,7 +297,7 @@ def _paths_into(relu, flow: _Flow, maps: dict, source: str, data: set, shapes: d
             raise ValueError(f"{node.op_type} node {node.name or node.output[0]} turns a non-map tensor into a map "
                              "on the way to a Relu: VisualBackProp follows only 4-D feature maps")
         for t in inputs:
-            walk(t, nodes + [node])
+            walk(t, nodes + [(node, t)])
 
     for t in _data_inputs(relu, data, shapes):
         walk(t, [])
@@ -318,12 +319,12 @@ def _reaches(tensor: str, target: str, flow: _Flow, maps: dict) -> bool:
     return False
 
 
-def _check_path(nodes, shapes, relu) -> None:
+def _check_path(steps, shapes, relu) -> None:
     """Between two maps, every node other than Conv/pooling must keep the 4-D map size."""
-    for n in nodes:
+    for n, taken in steps:
         if n.op_type in SPATIAL_OPS:
             continue
-        before, after = shapes.get(n.input[0]), shapes.get(n.output[0])
+        before, after = shapes.get(taken), shapes.get(n.output[0])
         if not after or len(after) != 4:
             raise ValueError(f"{n.op_type} node {n.name or n.output[0]} on the way to Relu {relu.name or relu.output[0]} "
                              "does not output a 4-D feature map: VisualBackProp cannot follow it")
