@@ -337,3 +337,13 @@ def test_viewer_labels_the_prediction_with_the_spec_unit_and_the_summary_never_s
     summary = {"frames": 0, "source": "clip", "out": None, "backend": "ort-cpu", "methods": ["vbp"], "stages_ms": {},
                "frames_per_second": 0.0, "dropped": 0, "bad_frames": 2}
     assert "None" not in format_summary(summary) and "no video written" in format_summary(summary)
+
+
+@needs_onnx2torch
+def test_vbp_on_the_conversion_equals_the_onnx_head_on_a_residual_graph(models):
+    """The torch.fx analysis of the converted module finds the same maps and skip path as the ONNX analysis."""
+    x = np.random.default_rng(2).integers(0, 256, (3, 29, 47), dtype=np.uint8)
+    on_ort = Runtime(models / "residual.onnx").run(x)
+    on_torch = Runtime(models / "residual.onnx", methods=("vbp", "saliency")).run(x, methods=("vbp",))
+    np.testing.assert_allclose(on_torch.masks["vbp"], on_ort.masks["vbp"], atol=2e-6)
+    np.testing.assert_allclose(on_torch.prediction, on_ort.prediction, rtol=1e-5, atol=1e-6)
