@@ -2,7 +2,9 @@
 
 One description (`Chain`) serves VBP in torch, the LRP walk and the ONNX export/analysis, so they
 cannot drift apart. For torch modules the chain is found by running one forward pass with hooks on
-every leaf module (execution order, not registration order).
+every leaf module (execution order, not registration order); a network whose data splits or merges
+(residual Add, Concat of branches) is described from its torch.fx graph, with every path between maps
+as an `Edge` (docs/byom.md).
 """
 from __future__ import annotations
 

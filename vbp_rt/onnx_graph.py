@@ -1,12 +1,12 @@
-"""The conv -> ReLU chain of an ONNX graph, found by graph analysis.
+"""The conv -> ReLU maps of an ONNX graph and every path between them, found by graph analysis.
 
-Produces the same `vbp_rt.graph.Chain` the torch side traces, so the VBP head, the parity tests and the
-runtime read one description. A chain map is the output of a `Relu` node with a 4-D output and at least
-one `Conv` on the data path since the previous map; the `Conv` / `MaxPool` / `AveragePool` nodes on that
-path are its `SpatialOp`s (kernel, strides, pads, dilations from the node attributes, sizes from
-`onnx.shape_inference`). Residual blocks work: between two consecutive maps only the nodes that descend
-from the earlier map and lead to the later one count, so an `Add` merging a skip connection from an
-earlier map adds no geometry. `MapLink.name` is the Relu's output tensor name.
+Produces the same `vbp_rt.graph.Chain` the torch side finds, so the VBP head, the parity tests and the
+runtime read one description. A map is the output of a `Relu` node with a 4-D output and a `Conv` on at least
+one data path since the previous maps; every such path is an `Edge` whose `Conv` / `MaxPool` / `AveragePool`
+nodes are its `SpatialOp`s (kernel, strides, pads, dilations from the node attributes, sizes from
+`onnx.shape_inference`). A residual `Add` gives a map two edges (through the convs and the identity skip), a
+`Concat` of branches one edge per branch; a map the prediction reads directly is a sink (docs/byom.md). An NHWC
+input is read after its Transpose. `MapLink.name` is the Relu's output tensor name.
 """
 from __future__ import annotations
 
