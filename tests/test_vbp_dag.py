@@ -4,7 +4,6 @@ against the explicit path enumeration in tests/reference/vbp_dag_paths.py."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
