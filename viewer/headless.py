@@ -25,10 +25,13 @@ def run_headless(source, runtime, out, *, methods=None, realtime: bool = False, 
     totals = TimingStats(window=None)
     done = threading.Event()
     failures = []
+    first: list = []
     known = [x for x in (source.length, frames) if x is not None]
     bar = tqdm(total=min(known) if known else None, unit="frame", desc=f"vbp view {source.name}", disable=None, file=sys.stderr)
 
     def on_result(result):
+        if not totals.arrivals:
+            first.append(process_age())  # the first overlay is in the recorder by now
         totals.add(result.timings, time.perf_counter())
         bar.update(1)
         if frames is not None and len(totals.arrivals) >= frames:
@@ -62,11 +65,24 @@ def run_headless(source, runtime, out, *, methods=None, realtime: bool = False, 
                "methods": list(pipeline.methods), "frames": shown, "dropped": pipeline.dropped,
                "bad_frames": pipeline.bad, "seconds": round(elapsed, 3),
                "frames_per_second": round(shown / elapsed, 2) if elapsed > 0 else 0.0,
-               "realtime": realtime, "stages_ms": stages, "errors": failures}
+               "realtime": realtime, "stages_ms": stages, "errors": failures,
+               "first_overlay_s": round(first[0], 3) if first and first[0] is not None else None}
     _write_json(summary_path, summary)
     print(format_summary(summary))
     print(f"vbp view: timing summary -> {summary_path}")
     return summary
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (from /proc, 10 ms resolution); None where there is no /proc."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def format_summary(s: dict) -> str:
