@@ -164,6 +164,33 @@ class StoreWriter:
         return False
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# superblock version -> (byte holding the size of file addresses, byte where the base address starts); the
+# end-of-file address follows the base address and one more address (HDF5 File Format Specification, II.A)
+SUPERBLOCK = {0: (13, 24), 1: (13, 28), 2: (9, 12), 3: (9, 12)}
+
+
+def check_hdf5_size(path) -> None:
+    """Refuse an HDF5 file shorter than its superblock says: the HDF5 library can loop forever opening a file
+    cut inside its superblock. A writer's `.partial` file may still grow, so only its superblock is checked."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:8] != HDF5_SIGNATURE or head[8] not in SUPERBLOCK:
+        return
+    size_at, base_at = SUPERBLOCK[head[8]]
+    width = head[size_at] if len(head) > size_at else 0
+    eof_at = base_at + 2 * width
+    if width not in (2, 4, 8) or len(head) < eof_at + width:
+        raise ValueError(f"{path} is a truncated or corrupt HDF5 store (cut inside its superblock, "
+                         f"{path.stat().st_size} bytes)")
+    base = int.from_bytes(head[base_at:base_at + width], "little")
+    end = base + int.from_bytes(head[eof_at:eof_at + width], "little")
+    size = path.stat().st_size
+    if size < end and not path.name.endswith(".partial"):
+        raise ValueError(f"{path} is a truncated or corrupt HDF5 store ({size} bytes, its superblock says {end})")
+
+
 class StoreReader:
     """Read a store (or a writer's .partial file) without loading the images into memory."""
 
@@ -171,6 +198,7 @@ class StoreReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"store {self.path} does not exist")
+        check_hdf5_size(self.path)
         try:
             self.file = h5py.File(self.path, "r", swmr=True, rdcc_nbytes=CACHE_BYTES)
         except OSError:

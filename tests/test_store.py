@@ -185,3 +185,14 @@ def test_vbp_explain_reads_a_store(tmp_path):
     with h5py.File(tmp_path / "o.h5", "r") as f:
         assert f["mask"].shape == (3, 135, 351) and f["prediction"].shape == (3,)
         assert [s.decode() for s in f["source"][:]] == [f"{tmp_path / 's.h5'}#{i}" for i in range(3)]
+
+
+@pytest.mark.parametrize("keep", [16, 47, 2000, -1])
+def test_cut_store_is_one_clear_error(tmp_path, keep):
+    """A store cut short, even inside its superblock (where the HDF5 library itself would loop forever)."""
+    from tests.viewer_helpers import write_drive
+    data = write_drive(tmp_path / "ok.h5", 4).read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[:keep])
+    with pytest.raises(ValueError, match="cut.h5 is a truncated or corrupt HDF5 store"):
+        StoreReader(cut)
