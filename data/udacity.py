@@ -501,7 +501,8 @@ def sim_image_candidates(folder: Path, text: str) -> list[Path]:
     out = [written if written.is_absolute() else folder / written]
     if len(parts) >= 2:
         out.append(folder / parts[-2] / parts[-1])
-    out.append(folder / "IMG" / parts[-1])
+    if parts:  # an empty path cell names no file
+        out.append(folder / "IMG" / parts[-1])
     return list(dict.fromkeys(out))
 
 
