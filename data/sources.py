@@ -57,6 +57,7 @@ class VideoSource:
     live = False
     SEEK_AHEAD = 50  # frames: a request further ahead than this seeks instead of decoding through
     DEMUX_ERRORS = 100  # consecutive unreadable packets after which the rest of the file counts as missing
+    MAX_JUMP = 1000  # frames: a timestamp further ahead than this is damaged, the frame is numbered on from the last
 
     def __init__(self, path):
         self.path = Path(path)
@@ -104,9 +105,11 @@ class VideoSource:
             except av.FFmpegError:
                 continue
             for f in frames:
-                last = round((f.pts - self._start) * self._tb * self.fps) if f.pts is not None else \
-                    (0 if last is None else last + 1)
-                yield last, (None if f.is_corrupt else f)
+                index = round((f.pts - self._start) * self._tb * self.fps) if f.pts is not None else None
+                if index is None or (last is not None and index > last + self.MAX_JUMP):
+                    index = 0 if last is None else last + 1  # no or implausible timestamp: count on
+                last = index
+                yield index, (None if f.is_corrupt else f)
 
     def _seek(self, index: int) -> None:
         self.container.seek(self._start + int(index / self.fps / self._tb), stream=self.stream)
