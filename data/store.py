@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .files import warn_stale
+from ..files import warn_stale
 from .preprocess import View
 
 FORMAT = "vbp-rt-store"

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..files import partial_path, publish, warn_stale
 from . import shortcut
-from .files import partial_path, publish, warn_stale
 from .ground import DN0, DS0, LEVELS, Camera, GroundPainter, level_scale
 from .preprocess import crop_view, to_gray, view_for
 from .road import SEGMENT, STEERING_RATIO, WHEELBASE, Driver, Road

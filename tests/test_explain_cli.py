@@ -176,7 +176,7 @@ def test_damaged_video_goes_on_past_unreadable_frames(tiny_checkpoint, real_data
 
 
 def test_second_writer_of_the_same_output_is_refused(checkpoint, images, tmp_path, capsys):
-    from vbp_rt.data.files import DestinationLock
+    from vbp_rt.files import DestinationLock
     out = tmp_path / "o.h5"
     with DestinationLock(out, "vbp explain"):
         assert cli.main(["explain", str(checkpoint), str(images), "--out", str(out)]) == 2

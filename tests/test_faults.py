@@ -22,15 +22,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from vbp_rt.data.store import StoreReader
+from vbp_rt.trainer.runlog import RunLogReader
 
 import vbp_rt
 from tests.trainer_helpers import HEIGHT, make_store, train_args
 from tests.udacity_fixtures import frame, sim_log
 from tests.viewer_helpers import write_video
-from vbp_rt.data.files import stale_partials
-from vbp_rt.data.store import StoreReader
+from vbp_rt.files import stale_partials
 from vbp_rt.models import read_checkpoint, save_checkpoint
-from vbp_rt.trainer.runlog import RunLogReader
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,30 +1,117 @@
-"""Writing files so that nothing is lost: a temporary file beside the target, renamed over it when complete."""
+"""Output files that are never half-written, never shared by two writers, and never silently left behind.
+
+A command writes OUT under a temporary name beside it, `.OUT.<pid>-<random>.partial[SUFFIX]`, and renames it
+into place when the work is complete (`publish`, with the permissions the user's umask gives new files;
+`atomic_write` does both for bytes). The process id in the name tells a later run whether the writer is still
+running: if not, the file is a stale leftover of a killed run and `warn_stale` names it. `DestinationLock` keeps
+a second writer off the same OUT.
+"""
 from __future__ import annotations
 
+import fcntl
 import os
-import tempfile
+import re
+import secrets
+import sys
 from pathlib import Path
 
 
-def umask_mode(mode: int = 0o666) -> int:
-    """`mode` as the user's umask lets a new file have it (mkstemp makes 0600 files; others follow the umask)."""
-    current = os.umask(0)
-    os.umask(current)
-    return mode & ~current
+def partial_path(dest, suffix: str = "") -> Path:
+    """A fresh temporary name beside `dest` carrying this process's id (`suffix` keeps a format's extension)."""
+    dest = Path(dest)
+    return dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.partial{suffix}")
 
 
-def atomic_write(path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder: readers see the old file or the new one,
-    never a part; the new file's mode follows the user's umask."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _alive(pid: int) -> bool:
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_partials(dest) -> list:
+    """Temporary files of writes to `dest` whose process is gone (hidden `.OUT.<pid>-...partial*`, and the store
+    writer's `OUT.<pid>-....partial`)."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.?{re.escape(dest.name)}\.(\d+)-[0-9a-f]+\.partial")
+    found = []
+    for p in sorted(dest.parent.iterdir()):
+        m = pattern.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            found.append(p)
+    return found
+
+
+def warn_stale(dest, prog: str) -> list:
+    """Say where stale partial files of earlier, interrupted writes to `dest` are; returns them."""
+    stale = stale_partials(dest)
+    if stale:
+        print(f"{prog}: {len(stale)} partial file(s) left by an interrupted earlier write to {dest}: "
+              f"{', '.join(str(p) for p in stale)} (not used; remove them when you no longer need them)",
+              file=sys.stderr)
+    return stale
+
+
+def user_mode() -> int:
+    """The mode a new regular file gets under the current umask (0o666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def publish(tmp, dest) -> Path:
+    """Rename a finished temporary file onto `dest`, first giving it the permissions of a normal new file."""
+    os.chmod(tmp, user_mode())
+    os.replace(tmp, dest)
+    return Path(dest)
+
+
+def atomic_write(dest, data: bytes) -> Path:
+    """Write bytes to `dest` through a temporary file: a kill leaves the old file or the new one, never half."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(dest)
+    try:
+        tmp.write_bytes(data)
+        return publish(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class DestinationLock:
+    """An exclusive lock on `dest` for one writer (fcntl.flock on a hidden `.OUT.lock` beside it). A second
+    writer gets a clear error instead of both reporting success and the later silently winning."""
+
+    def __init__(self, dest, prog: str):
+        self.dest, self.prog = Path(dest), prog
+        self.path = self.dest.with_name(f".{self.dest.name}.lock")
+        self.fd = None
+
+    def __enter__(self):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, user_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OSError(f"another {self.prog} is writing {self.dest} (lock {self.path} is held); wait for "
+                              f"it to finish or choose another output") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the holder removed the lock file between our open and flock: take a fresh one
+                self.fd = fd
+                return self
+            os.close(fd)
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)  # still holding the lock: a waiting writer re-checks the inode
+        os.close(self.fd)
+        self.fd = None
+        return False

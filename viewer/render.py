@@ -9,7 +9,7 @@ import av
 import cv2
 import numpy as np
 
-from vbp_rt.data.files import partial_path, publish, warn_stale
+from vbp_rt.files import partial_path, publish, warn_stale
 from vbp_rt.overlay import overlay, to_bgr
 
 OUTLINE = (0, 220, 0)  # BGR

@@ -12,9 +12,15 @@ import torch
 from tqdm import tqdm
 
 from vbp_rt import methods
-from vbp_rt.data.files import DestinationLock, partial_path, publish, warn_stale, write_atomic
 from vbp_rt.data.sources import iter_frames, open_source
 from vbp_rt.dispatch import explain
+from vbp_rt.files import (
+    DestinationLock,
+    atomic_write,
+    partial_path,
+    publish,
+    warn_stale,
+)
 from vbp_rt.input_spec import SPEC_HELP, announce
 from vbp_rt.models import shipped_models
 from vbp_rt.onnx_model import model_info
@@ -161,7 +167,7 @@ def _write(out, overlay_dir, source, model, cfg, spec, args, options) -> int:
                     if overlay_dir:
                         for j, label in enumerate(labels):
                             name = f"{n + j:06d}_{Path(label.split('#')[0]).stem}.png"
-                            write_atomic(overlay_dir / name, cv2.imencode(".png", overlay(imgs[j], mask[j]))[1].tobytes())
+                            atomic_write(overlay_dir / name, cv2.imencode(".png", overlay(imgs[j], mask[j]))[1].tobytes())
                     labels_all += labels
                     n += k
                     bar.update(k)

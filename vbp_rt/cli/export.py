@@ -5,10 +5,10 @@ import shutil
 from pathlib import Path
 
 from vbp_rt import onnx_graph, onnx_io
-from vbp_rt.data.files import partial_path, publish, warn_stale
+from vbp_rt.files import partial_path, publish, warn_stale
 from vbp_rt.graph import find_torch_chain
-from vbp_rt.models import load_model, resolve_model_path
 from vbp_rt.input_spec import SPEC_HELP, announce
+from vbp_rt.models import load_model, resolve_model_path
 from vbp_rt.onnx_model import export_foreign, is_onnx, onnx_spec
 
 
