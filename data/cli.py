@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..files import refuse_existing
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("data", help="make HDF5 driving stores (synthetic drives, Udacity ingest)",
@@ -37,6 +39,7 @@ def _add_synth(dsub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same drive)")
     p.add_argument("--out", required=True, help="output store (.h5)")
     p.add_argument("--video", help="also write the drive as an mp4v video (640x480, 20 fps)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store or video that already exists (default: refuse)")
     p.add_argument("--views", type=_views, default="svf,hvf", help="comma-separated views to store")
     p.add_argument("--height", type=int, default=135, help="view height in rows")
     p.add_argument("--shadows", type=float, default=1.0, help="shadow density (0: no shadows)")
@@ -68,6 +71,7 @@ def run_synth(args) -> int:
     options = SynthOptions(frames=args.frames, seed=args.seed, shadows=args.shadows, cars=args.cars,
                            crossings_per_km=args.crossings_per_km, lighting=args.lighting, noise=args.noise,
                            shortcut=shortcut)
+    refuse_existing([Path(args.out), Path(args.video) if args.video else None], getattr(args, "overwrite", False))
     summary = write_synth(Path(args.out), options, views=args.views, height=args.height, video=args.video)
     print(f"vbp data synth: {summary['frames']} frames -> {args.out}" + (f" and {args.video}" if args.video else "")
           + f" ({summary['fps']:.1f} frames/s)")
@@ -92,6 +96,7 @@ def _add_udacity(dsub) -> None:
                     "and is kept in the store's preprocess attribute.")
     p.add_argument("source", help="bag file, folder, bagdump CSV, simulator log or comma.ai .h5 file")
     p.add_argument("--out", required=True, help="output store (.h5)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store that already exists (default: refuse)")
     p.add_argument("--format", default="auto",
                    help="which source to read when SOURCE holds several: bag, camera-steering, interpolated, "
                         "simulator or comma")
@@ -113,6 +118,7 @@ def run_udacity(args) -> int:
     from .udacity_ingest import NoUsableSource, ingest_path
 
     views = [view_for(v, args.height) for v in args.views]
+    refuse_existing([Path(args.out)], getattr(args, "overwrite", False))
     try:
         tried = ingest_path(args.source, Path(args.out), views, fmt=args.format, min_speed=args.min_speed,
                             angle_unit=args.angle_unit, sim_max_angle=args.sim_max_angle, camera=args.camera)

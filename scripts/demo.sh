@@ -13,4 +13,4 @@ if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] || [ "${QT_QPA_PLATFORM:-}" = offsc
 fi
 echo "vbp-rt demo: no display (DISPLAY is not set), so no window: running headless;" \
      "the overlaid video and the timing summary go to $VBP_RT_CACHE/demo_overlay.mp4 and .json" >&2
-exec vbp view --headless --out "$VBP_RT_CACHE/demo_overlay.mp4" "$@"
+exec vbp view --headless --overwrite --out "$VBP_RT_CACHE/demo_overlay.mp4" "$@"

@@ -161,8 +161,9 @@ def test_kill_leaves_the_earlier_output_and_the_next_run_works(name, tiny_model,
     seconds, _ = run_ok(args)
     before = snapshot(outputs)
     rng = np.random.default_rng(sorted(COMMANDS).index(name))
+    again = [*args, "--overwrite"]  # replacing an earlier output is where a kill could lose it
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        code, err = killed(args, sig, rng.uniform(0.1, 0.6) * seconds)
+        code, err = killed(again, sig, rng.uniform(0.1, 0.6) * seconds)
         for out in outputs:
             readable(out)  # never an unreadable file in place of the output
         if code == 0 or (name == "view" and sig == signal.SIGTERM):
@@ -179,11 +180,21 @@ def test_kill_leaves_the_earlier_output_and_the_next_run_works(name, tiny_model,
             else:
                 assert not left, f"{name}: SIGTERM left {left}"
     stale = [p for out in outputs for p in stale_partials(out)]
-    _, err = run_ok(args)
+    _, err = run_ok(again)
     for p in stale:
         assert str(p) in err, f"{name}: the next run did not name {p}"
     for out in outputs:
         readable(out)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_an_earlier_output_is_kept_unless_overwrite_is_given(name, tiny_model, tmp_path):
+    args, outputs = COMMANDS[name](tmp_path, tiny_model)
+    run_ok(args)
+    before = snapshot(outputs)
+    code, err = finish(vbp(*args))
+    assert code == 2 and "--overwrite" in err and str(outputs[0]) in err, err
+    assert snapshot(outputs) == before
 
 
 def test_kill_during_training_keeps_a_resumable_run(tmp_path):

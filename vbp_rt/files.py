@@ -115,3 +115,11 @@ class DestinationLock:
         os.close(self.fd)
         self.fd = None
         return False
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    """Keep a user's earlier results: a ValueError naming the outputs that exist, unless `overwrite` was given."""
+    existing = [str(p) for p in paths if p is not None and Path(p).is_file()]
+    if existing and not overwrite:
+        raise ValueError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: choose another "
+                         f"output, or pass --overwrite to replace {'it' if len(existing) == 1 else 'them'}")

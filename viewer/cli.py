@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from vbp_rt.data.sources import open_source
 
 from vbp_rt.extras import MissingExtra, require
+from vbp_rt.files import refuse_existing
 from vbp_rt.input_spec import SPEC_HELP, announce
 from vbp_rt.methods import parse_methods
 from vbp_rt.overlay import COLORMAPS
@@ -49,6 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("--headless", action="store_true", help="no window: write the overlaid video and a timing summary")
     p.add_argument("--out", help="with --headless: the overlaid video to write (.mp4, mp4v)")
     p.add_argument("--summary", help="with --headless: timing summary JSON (default: OUT with .json)")
+    p.add_argument("--overwrite", action="store_true", help="replace a video or summary that already exists (default: refuse)")
     p.add_argument("--frames", type=int, help="with --headless: stop after this many frames (needed for a camera)")
     p.add_argument("--save-dir", default=".", help="folder for snapshots and recordings (default: current folder)")
     p.add_argument("--monitor", metavar="RUN_DIR", help="also open the training monitor on a `vbp train` run folder")
@@ -118,6 +119,8 @@ def run(args) -> int:
     if args.headless:
         if not args.out:
             raise ValueError("--headless needs --out FILE.mp4 for the overlaid video")
+        refuse_existing([Path(args.out), Path(args.summary) if args.summary else Path(args.out).with_suffix(".json")],
+                        args.overwrite)
         if args.monitor:
             raise ValueError("--monitor needs the window; it cannot run with --headless")
         if args.audit:

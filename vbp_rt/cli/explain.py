@@ -19,6 +19,7 @@ from vbp_rt.files import (
     atomic_write,
     partial_path,
     publish,
+    refuse_existing,
     warn_stale,
 )
 from vbp_rt.input_spec import SPEC_HELP, announce
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
                                                    f"{', '.join(methods.available())})")
     p.add_argument("--eps", type=float, default=None, help="epsilon for lrp (default 100, as in the paper)")
     p.add_argument("--out", required=True, help="output HDF5 file with /prediction and /mask")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that already exists (default: refuse)")
     p.add_argument("--overlay-dir", help="also write each frame with its mask overlaid in red (PNG)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
     p.add_argument("--input-spec", help=SPEC_HELP)
@@ -110,6 +112,7 @@ def _check_outputs(args) -> tuple:
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the HDF5 file to write, e.g. {out / 'masks.h5'}")
+    refuse_existing([out], args.overwrite)
     overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
     if overlay_dir is not None and overlay_dir.exists() and not overlay_dir.is_dir():
         raise ValueError(f"--overlay-dir {overlay_dir} exists and is not a folder")

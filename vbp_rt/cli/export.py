@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 from vbp_rt import onnx_graph, onnx_io
-from vbp_rt.files import partial_path, publish, warn_stale
+from vbp_rt.files import partial_path, publish, refuse_existing, warn_stale
 from vbp_rt.graph import find_torch_chain
 from vbp_rt.input_spec import SPEC_HELP, announce
 from vbp_rt.models import load_model, resolve_model_path
@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("model", help="shipped model name, checkpoint path, or an .onnx file")
     p.add_argument("--out", required=True, help="output path MODEL.onnx; variants go to MODEL.vbp.onnx, MODEL.lrp.onnx")
+    p.add_argument("--overwrite", action="store_true", help="replace model files that already exist (default: refuse)")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of maps,vbp,lrp (default: all three; maps,vbp for an .onnx input)")
     p.add_argument("--eps", type=float, default=100.0, help="epsilon of the LRP variant (default 100, as in the paper)")
@@ -52,6 +53,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the .onnx file to write")
+    refuse_existing(onnx_io.variant_paths(out).values(), args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     warn_stale(out, "vbp export")
     stage = partial_path(out)
