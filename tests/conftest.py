@@ -1,13 +1,20 @@
 """Shared fixtures: tiny networks, the shared real footage, GPU skips."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# exported graphs and demo drives go to a folder of this run, not the user's ~/.cache/vbp-rt
+if "VBP_RT_CACHE" not in os.environ:
+    os.environ["VBP_RT_CACHE"] = tempfile.mkdtemp(prefix="vbp-rt-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["VBP_RT_CACHE"], ignore_errors=True)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 ROOT = Path(__file__).resolve().parents[1]
