@@ -190,6 +190,16 @@ def test_corrupt_image_is_counted_and_skipped(tmp_path, model):
     assert any("001b.png cannot be decoded" in m for m in c.kinds("warning"))
 
 
+def test_a_long_run_of_bad_frames_in_a_file_of_known_length_is_played_through(tmp_path, model):
+    folder = write_folder(tmp_path / "imgs", 3)
+    for i in range(30):  # more than BAD_RUN unreadable frames in a row, then a good one
+        (folder / f"001_{i:02d}.png").write_bytes(b"\x89PNG broken")
+    p, c = start(open_source(folder, "svf"), make_runtime(model, ("vbp",)))
+    c.wait(lambda: c.kinds("finished"))
+    p.stop()
+    assert len(c.results) == 3 and p.bad == 30
+
+
 def test_truncated_video_plays_what_it_has_and_says_so(tmp_path, model):
     path = tmp_path / "cut.avi"
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (320, 240))

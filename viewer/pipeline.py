@@ -22,7 +22,7 @@ from vbp_rt.data.sources import BadFrame, EndOfSource, Frame, SourceLost
 from .render import VideoRecorder, composite, frame_panel, method_panels
 
 END = object()  # queued after the last frame of a file
-BAD_RUN = 25  # consecutive undecodable frames after which a file is treated as ended
+BAD_RUN = 25  # consecutive undecodable frames after which a file of unknown length is treated as ended
 
 
 class FrameQueue:
@@ -360,7 +360,7 @@ class Pipeline:
             self._bad_run += 1
             with self._cond:
                 self._next = index + 1
-            if not self.source.live and self._bad_run >= BAD_RUN:
+            if not self.source.live and self.source.length is None and self._bad_run >= BAD_RUN:
                 self.on_event("warning", f"{e}; {BAD_RUN} unreadable frames in a row, stopping at frame {index}")
                 self.source.length = index
                 self._end()
