@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PyQt5.QtCore import Qt
+from vbp_rt.viewer.app import ViewerWindow
 
 from tests.test_viewer_app import WAIT, Factory
-from tests.viewer_helpers import write_drive
+from tests.viewer_helpers import shown, write_drive
 from vbp_rt.audit import runner, store
-from vbp_rt.viewer.app import ViewerWindow
 
 FRAMES = 60
 PLANTED = [(10, 15), (40, 46)]  # frames where attention jumps to the left edge
@@ -50,10 +50,6 @@ def window(qtbot, tmp_path):
     w.activateWindow()
     yield w
     w.close()
-
-
-def shown(window, qtbot, index):
-    qtbot.waitUntil(lambda: window.last_result is not None and window.last_result.index == index, timeout=WAIT)
 
 
 def test_timeline_and_event_jumps(window, qtbot, tmp_path):

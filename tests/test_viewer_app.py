@@ -15,6 +15,7 @@ from vbp_rt.viewer.render import composite
 from tests.viewer_helpers import (
     make_runtime,
     red_dominance,
+    shown,
     tiny_model,
     write_drive,
     write_video,
@@ -54,11 +55,6 @@ def window(qtbot, tmp_path):
     w.activateWindow()
     yield w
     w.close()
-
-
-def shown(window, qtbot, index):
-    qtbot.waitUntil(lambda: window.last_result is not None and window.last_result.index == index, timeout=WAIT)
-    return window.last_result
 
 
 def key(qtbot, window, k, modifier=Qt.NoModifier):

@@ -80,3 +80,12 @@ def make_runtime(model, methods=("vbp", "lrp"), backend="torch-cpu"):
     """The engine's Runtime (torch on the CPU by default: no ONNX export to wait for)."""
     from vbp_rt.runtime import Runtime
     return Runtime(model, backend=backend, methods=methods)
+
+
+QT_WAIT = 60_000  # ms a Qt test waits for the window; generous for 2 busy cores
+
+
+def shown(window, qtbot, index):
+    """Wait until the window shows frame `index`; its result."""
+    qtbot.waitUntil(lambda: window.last_result is not None and window.last_result.index == index, timeout=QT_WAIT)
+    return window.last_result
