@@ -385,3 +385,16 @@ def test_bf16_training_learns_like_float32_and_can_be_switched_on_resume(store, 
     assert runs[True]["history"][0]["train_loss"] != runs[False]["history"][0]["train_loss"]  # bf16 really ran
     train(resume_dir=tmp_path / "bf16_True", epochs=4, bf16=False)
     assert read_checkpoint(tmp_path / "bf16_True" / "last.pt")["train_config"]["bf16"] is False
+
+
+def test_the_run_log_follows_the_umask(tmp_path):
+    import os
+
+    from vbp_rt.trainer.runlog import RunLogWriter
+    probe = {"image": np.zeros((2, HEIGHT, 8), np.uint8), "angle": np.zeros(2), "index": np.arange(2)}
+    old = os.umask(0o027)
+    try:
+        RunLogWriter(tmp_path / "runlog.h5", {"arch": "netsvf"}, probe).close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "runlog.h5").stat().st_mode & 0o777 == 0o640

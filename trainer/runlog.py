@@ -27,6 +27,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..files import user_mode
+
 FORMAT = "vbp-rt-runlog"
 GROUPS = {
     "snapshots": ("mask", "prediction", "epoch"),
@@ -81,6 +83,7 @@ class RunLogWriter:
                 self._append(group, columns)
             f.swmr_mode = True
             f.flush()
+            os.chmod(tmp, user_mode())  # mkstemp made it 0600; a run log is as readable as any new file
             os.replace(tmp, self.path)
         except BaseException:
             if getattr(self, "file", None) is not None and self.file.id.valid:
