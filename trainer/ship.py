@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from vbp_rt.data.store import StoreReader
+from vbp_rt.trainer.steering_eval import metrics as steering_metrics
 
 from vbp_rt.dispatch import explain
 from vbp_rt.evaluation.metrics import area_share, mass_share
@@ -27,6 +28,7 @@ from vbp_rt.models import (
     model_from_checkpoint,
     read_checkpoint,
     save_checkpoint,
+    to_input,
 )
 
 KEPT = ("train_config", "history", "best_val_rmse", "epoch", "step")
@@ -53,8 +55,7 @@ def evaluate(model, store, batch_size: int = 16, split: str = "all") -> dict:
         preds, shares = [], {"lane": [], "distractor": [], "lane_area": [], "distractor_area": []}
         for start in tqdm(range(s.start, s.stop, batch_size), desc=f"evaluate {cfg.arch}", unit="batch"):
             stop = min(start + batch_size, s.stop)
-            x = torch.from_numpy(images[start:stop]).float().unsqueeze(1) * cfg.input_scale
-            e = explain(model, x, "vbp")
+            e = explain(model, to_input(images[start:stop], cfg), "vbp")
             preds.append(e.prediction[:, 0].double().numpy())
             mask, lane, dist = e.mask.numpy(), lanes[start:stop], dists[start:stop]
             shares["lane"].append(mass_share(mask, lane))
@@ -63,9 +64,9 @@ def evaluate(model, store, batch_size: int = 16, split: str = "all") -> dict:
             shares["distractor_area"].append(area_share(dist))
         angle = r.angle[s].astype(np.float64)
     pred = np.concatenate(preds)
-    out = {"frames": len(pred), "rmse": float(np.sqrt(np.mean((pred - angle) ** 2))),
-           "zero_rmse": float(np.sqrt(np.mean(angle ** 2))), "std_angle": float(angle.std())}
-    out["rmse_vs_zero"] = out["rmse"] / out["zero_rmse"]
+    m = steering_metrics(pred, angle)
+    out = {"frames": m["frames"], "rmse": m["rmse"], "zero_rmse": m["zero_rmse"], "std_angle": float(angle.std()),
+           "rmse_vs_zero": m["ratio"]}
     for k, v in shares.items():
         out[f"mask_on_{k}" if not k.endswith("area") else k] = float(np.nanmean(np.concatenate(v)))
     return out
