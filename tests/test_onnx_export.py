@@ -22,9 +22,9 @@ from tests.onnx_builders import (
     residual_cnn,
     torch_onnx,
 )
-from vbp_rt import explain, onnx_io
+from vbp_rt import explain, onnx_graph, onnx_io
 from vbp_rt.cli import main
-from vbp_rt.graph import trace
+from vbp_rt.graph import find_torch_chain, trace
 from vbp_rt.models import build, save_checkpoint
 
 EPS = 0.01  # on the scale of this small random model's pre-activations (the paper's 100 suits degree outputs)
@@ -131,6 +131,25 @@ def test_head_refuses_graphs_without_post_relu_maps_and_second_heads(exported):
         onnx_io.append_vbp_head(residual_cnn(relu=False))
     with pytest.raises(ValueError, match="already has"):
         onnx_io.append_vbp_head(exported["vbp"])
+
+
+def test_input_offset_is_part_of_the_exported_graph(tmp_path):
+    torch.manual_seed(4)
+    net = build("netsvf", height=41, width=77, channels=(4, 4, 6, 6, 8, 8), strides=(1, 2, 1, 2, 1, 2), fc=(16,),
+                view="", batchnorm=False, input_offset=0.45)
+    x = torch.rand(3, 1, 41, 77, generator=torch.Generator().manual_seed(6))
+    paths = onnx_io.export(net, tmp_path / "centred.onnx", eps=EPS)
+    maps = onnx.load(str(paths["maps"]))
+    assert onnx_graph.find_onnx_chain(maps) == find_torch_chain(net, net.config.input_shape)
+    assert onnx_io.metadata(maps)["vbp_rt.config"]["input_offset"] == pytest.approx(0.45)
+    out = _run(onnx.load(str(paths["vbp"])), x.numpy())
+    e = explain(net, x, "vbp")
+    np.testing.assert_allclose(out["prediction"], e.prediction.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["vbp_mask"], e.mask.numpy(), atol=2e-5)
+    uncentred = build("netsvf", height=41, width=77, channels=(4, 4, 6, 6, 8, 8), strides=(1, 2, 1, 2, 1, 2),
+                      fc=(16,), view="", batchnorm=False)
+    uncentred.load_state_dict(net.state_dict())
+    assert not np.allclose(out["prediction"], uncentred.eval()(x).detach().numpy(), atol=1e-3)  # the offset ran
 
 
 def test_variant_paths():

@@ -59,6 +59,14 @@ def test_cpu_backends_equal_the_torch_engine(net, frames, backend):
     _check(rt.run(frames[:1], methods=["vbp"]), net, frames[:1], ("vbp",))
 
 
+def test_centred_network_without_batchnorm_on_every_cpu_backend(frames):
+    torch.manual_seed(8)
+    net = build("netsvf", height=41, width=77, channels=(4, 4, 6, 6, 8, 8), strides=(1, 2, 1, 2, 1, 2), fc=(16,),
+                view="", batchnorm=False, input_offset=0.45)
+    for backend in ("ort-cpu", "torch-cpu"):
+        _check(Runtime(net, backend, methods=("vbp", "lrp"), eps=EPS).run(frames), net, frames, ("vbp", "lrp"))
+
+
 def test_sources_checkpoint_onnx_files_and_auto(net, frames, tmp_path):
     save_checkpoint(tmp_path / "n.pt", net)
     onnx_io.export(net, tmp_path / "n.onnx", eps=EPS)

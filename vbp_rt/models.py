@@ -40,6 +40,7 @@ class NetConfig:
     batchnorm: bool = True  # False: no BatchNorm before the convs (Chen et al.'s with/without BN comparison)
     view: str = "svf"  # which store view (data.store) feeds this network
     input_scale: float = 1.0 / 255.0  # uint8 pixel -> network input
+    input_offset: float = 0.0  # subtracted from the scaled input in forward (centring for a net without BatchNorm)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -108,6 +109,8 @@ class ConvNet(nn.Module):
         self.head = nn.Sequential(*head)
 
     def forward(self, x):
+        if self.config.input_offset:  # part of the graph, so exports and VBP see it
+            x = x - self.config.input_offset
         return self.head(self.features(x))
 
 
