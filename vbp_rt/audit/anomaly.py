@@ -1,33 +1,43 @@
-"""Anomaly score per frame against its own drive's distribution, and the events it flags.
+"""Anomaly score per frame, and the events it flags: attention that is unusual for its drive, or off the road.
 
-Features: the attention statistics of compute.py (entropy, centroid x and y, the coarse-grid masses, the region
-masses, the change from the previous frame and, with two methods, their agreement). For each source (drive)
-separately, every feature x is turned into a robust z-score
+Two parts, each from the attention statistics of compute.py alone (never from ground truth):
 
-    z = (x - median(x)) / (1.4826 * MAD(x))
+- unusualness: the statistics (entropy, centroid x and y, the coarse-grid masses, the region masses, the change
+  from the previous frame and, with two methods, their agreement) of each source (drive) separately become robust
+  z-scores
 
-(MAD: the median absolute deviation; 1.4826 * MAD estimates the standard deviation of normal data and is not
-moved by the outliers being looked for). Where MAD is 0, 1.2533 times the mean absolute deviation from the
-median is used. The scale is never below MIN_SCALE = 0.02: every feature lies within 0..1, and a grid cell that
-almost never holds attention would otherwise make a 1 % wobble look like a huge deviation. Each |z| is clipped
-at Z_CLIP so that one feature cannot dominate, and the frame's score is the root mean square of its z-scores.
+      z = (x - median(x)) / (1.4826 * MAD(x))
 
-A frame is flagged when its score exceeds median(score) + K * 1.4826 * MAD(score) of its drive (K = 3), and
-at least MIN_THRESHOLD = 2, so that a very calm drive does not have its noise flagged. Flagged
-frames of one source closer than GAP frames are merged into one event; an event's score is the sum over its
-frames of (score - threshold), so long, strong stretches rank first.
+  (MAD: the median absolute deviation; 1.4826 * MAD estimates the standard deviation of normal data and is not
+  moved by the outliers being looked for). Where MAD is 0, 1.2533 times the mean absolute deviation from the
+  median is used. The scale is never below MIN_SCALE = 0.02: every feature lies within 0..1, and a grid cell that
+  almost never holds attention would otherwise make a 1 % wobble look like a huge deviation. Each |z| is clipped
+  at Z_CLIP so that one feature cannot dominate; unusualness is the root mean square of the frame's z-scores.
+- off-road attention, in absolute terms: the frame's mask mass above the horizon plus at the image edges (the
+  `regions` statistic), divided by OFF_UNIT. A network that watches the roadside in most frames of a drive is
+  not unusual there, but it still looks off the road, and this part does not depend on the drive's habits.
+
+The frame's score is the larger of the two: score = max(unusualness, offroad / OFF_UNIT). A frame is flagged when
+its score exceeds median(score) + K * 1.4826 * MAD(score) of its drive (K = 3), and at least MIN_THRESHOLD = 2, so
+that a very calm drive does not have its noise flagged (with OFF_UNIT = 0.1, no frame with less than 20 % of its
+mass off the road is flagged for that alone). Flagged frames of one source closer than GAP frames are merged into
+one event; an event's score is the sum over its frames of (score - threshold), so long, strong stretches rank first.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .compute import REGIONS
+
 Z_CLIP = 8.0
 K = 3.0
 GAP = 5
-MIN_THRESHOLD = 2.0  # a calm drive's noise is not flagged: a frame needs an RMS z-score of at least 2
+MIN_THRESHOLD = 2.0  # a calm drive's noise is not flagged: a frame needs a score of at least 2
 MAD_NORMAL = 1.4826
 MEAN_AD_NORMAL = 1.2533
 MIN_SCALE = 0.02  # every feature lies within 0..1 (agreement -1..1): smaller deviations are never unusual
+OFF_UNIT = 0.1  # off-road mass per score unit: 0.2 of the mask off the road reaches MIN_THRESHOLD
+OFF_ROAD = ("above_horizon", "edges")
 
 
 def features(frames: dict) -> tuple[np.ndarray, list]:
@@ -59,10 +69,21 @@ def robust_z(x: np.ndarray) -> np.ndarray:
     return np.nan_to_num((x - med) / scale, nan=0.0)
 
 
-def score(x: np.ndarray) -> np.ndarray:
-    """Per-frame anomaly score of an (N,F) feature matrix of one drive."""
+def unusualness(x: np.ndarray) -> np.ndarray:
+    """Root mean square of the clipped robust z-scores of an (N,F) feature matrix of one drive."""
     z = np.clip(np.abs(robust_z(x)), 0, Z_CLIP)
     return np.sqrt((z * z).mean(1))
+
+
+def offroad(frames: dict) -> np.ndarray:
+    """Mask mass above the horizon and at the image edges, per frame (0..1)."""
+    regions = np.asarray(frames["regions"], np.float64)
+    return regions[:, [REGIONS.index(r) for r in OFF_ROAD]].sum(1)
+
+
+def score(x: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Per-frame anomaly score of one drive: its (N,F) feature matrix and (N,) off-road masses."""
+    return np.maximum(unusualness(x), np.asarray(off, np.float64) / OFF_UNIT)
 
 
 def threshold(s: np.ndarray, k: float = K) -> float:
@@ -72,8 +93,9 @@ def threshold(s: np.ndarray, k: float = K) -> float:
 
 def analyse(frames: dict, k: float = K, gap: int = GAP) -> dict:
     """Scores, flags and ranked events over all sources of an audit. Events are rows into the per-frame arrays:
-    start, stop (exclusive), peak, source, score; ranked by score, best first."""
+    start, stop (exclusive), peak, source, score; ranked by score, best first; "offroad": the off-road masses."""
     x, names = features(frames)
+    off = offroad(frames)
     source = np.asarray(frames["source"])
     scores = np.zeros(len(x))
     flagged = np.zeros(len(x), bool)
@@ -81,14 +103,14 @@ def analyse(frames: dict, k: float = K, gap: int = GAP) -> dict:
     events = []
     for src in np.unique(source):
         rows = np.flatnonzero(source == src)
-        s = score(x[rows])
+        s = score(x[rows], off[rows])
         t = threshold(s, k)
         scores[rows], flagged[rows] = s, s > t
         thresholds[int(src)] = t
         events += _events(rows, s, t, np.asarray(frames["index"])[rows], gap, int(src))
     events.sort(key=lambda e: -e["score"])
     return {"score": scores.astype(np.float32), "flagged": flagged, "events": events, "features": names,
-            "thresholds": thresholds}
+            "thresholds": thresholds, "offroad": off.astype(np.float32)}
 
 
 def _events(rows, s, t, index, gap, src) -> list:

@@ -136,10 +136,13 @@ def timeline_svg(pred, label, score, thr, events, width=1120, height=240) -> str
     return "".join(parts)
 
 
-def unusual(z_row, names, k=3) -> str:
-    """The k features that deviate most at a frame, with their z-scores."""
+def unusual(z_row, names, off: float, k=3) -> str:
+    """What makes a frame's score: its off-road mass when that part of the score is the larger, then the k
+    features that deviate most, with their z-scores."""
     order = np.argsort(-np.abs(z_row))[:k]
-    return ", ".join(f"{names[j]} {z_row[j]:+.1f}" for j in order)
+    rms = float(np.sqrt(np.mean(np.clip(np.abs(z_row), 0, anomaly.Z_CLIP) ** 2)))
+    lead = [f"off the road {off:.0%}"] if off / anomaly.OFF_UNIT >= rms else []
+    return ", ".join(lead + [f"{names[j]} {z_row[j]:+.1f}" for j in order])
 
 
 def cue_lines(check: dict) -> list:
@@ -176,7 +179,7 @@ def collect(out) -> dict:
         rows = frames["source"] == src
         z[rows] = anomaly.robust_z(x[rows])
     return {"attrs": attrs, "frames": frames, "score": score, "flagged": flagged, "thresholds": thresholds,
-            "events": events, "modes": modes, "z": z, "names": names}
+            "events": events, "modes": modes, "z": z, "names": names, "offroad": anomaly.offroad(frames)}
 
 
 def _name(spec) -> str:
@@ -229,7 +232,9 @@ def write(out) -> tuple[Path, Path]:
         text.append("")
         body.append(f"<h2>Events (top {min(TOP_EVENTS, n_events)} of {n_events}, by score)</h2>")
         body.append('<p class="muted">score: sum over the event of the anomaly score above the drive\'s threshold;'
-                    ' unusual: the statistics that deviate most at the peak frame (robust z-scores)</p>')
+                    ' unusual: the mask\'s share off the road (above the horizon and at the edges) where that'
+                    ' drives the score, and the statistics that deviate most at the peak frame (robust'
+                    ' z-scores)</p>')
         text += [f"## Events (top {min(TOP_EVENTS, n_events)} of {n_events})", "",
                  "| rank | source | frames | peak | score | unusual at the peak |", "|---|---|---|---|---|---|"]
         body.append('<div class="grid">')
@@ -237,7 +242,7 @@ def write(out) -> tuple[Path, Path]:
             peak = int(ev["peak"][r])
             src, idx = int(fr["source"][peak]), int(fr["index"][peak])
             first, last = int(fr["index"][ev["start"][r]]), int(fr["index"][ev["stop"][r] - 1])
-            why = unusual(d["z"][peak], d["names"])
+            why = unusual(d["z"][peak], d["names"], float(d["offroad"][peak]))
             thumb = thumbnail(images.image(src, idx), fr[primary][peak], h, w)
             body.append(f'<div class="card"><img src="{_png(thumb)}" width="{THUMB_WIDTH}"><b>#{r + 1}</b> '
                         f'{html.escape(_name(sources[src]))} frames {first}-{last} (peak {idx})<br>score '

@@ -198,8 +198,10 @@ def finish(out, config: dict, outcomes: list, engine: dict) -> Path:
         a = f.create_group("anomaly")
         a.create_dataset("score", data=found["score"])
         a.create_dataset("flagged", data=found["flagged"])
+        a.create_dataset("offroad", data=found["offroad"])
         a.attrs.update({"features": json.dumps(found["features"]), "k": anomaly.K, "gap": anomaly.GAP,
-                        "thresholds": json.dumps(found["thresholds"])})
+                        "thresholds": json.dumps(found["thresholds"]), "off_unit": anomaly.OFF_UNIT,
+                        "score": "max(rms robust z, offroad / off_unit)"})
         e = f.create_group("events")
         for key, dtype in (("source", "i2"), ("start", "i8"), ("stop", "i8"), ("peak", "i8"), ("score", "f4")):
             e.create_dataset(key, data=np.array([ev[key] for ev in found["events"]], dtype))
