@@ -6,14 +6,14 @@ import json
 import os
 
 DEFAULTS = dict(epochs=32, batch_size=32, lr=5e-3, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
-                height=135, checkpoint_minutes=10.0, flip=0.0, bf16=False)
+                height=135, checkpoint_minutes=10.0, flip=0.0, bf16=False, optimizer="sgd", warmup=0.0)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train NetSVF/NetHVF on an HDF5 store (or resume a run)",
-        description="Train a steering network on a store written by `vbp data`: SGD with momentum, MSE on the "
-                    "steering wheel angle in degrees, validation RMSE each epoch. RUN_DIR receives config.json, "
+        description="Train a steering network on a store written by `vbp data`: SGD with momentum (or Adam), MSE "
+                    "on the steering wheel angle in degrees, validation RMSE each epoch. RUN_DIR receives config.json, "
                     "last.pt, best.pt (by validation RMSE) and runlog.h5 (probe-frame VBP masks and metrics, "
                     "readable while training runs). Several processes: launch the same command with "
                     "`torchrun --nproc_per_node N -m vbp_rt.cli train ...`.",
@@ -30,8 +30,14 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, help=f"epochs to train (default {DEFAULTS['epochs']}, as in the paper)")
     p.add_argument("--batch-size", type=int, help=f"global batch size, split among processes "
                                                   f"(default {DEFAULTS['batch_size']})")
-    p.add_argument("--lr", type=float, help=f"SGD learning rate, for the standardized angle (default {DEFAULTS['lr']})")
+    p.add_argument("--lr", type=float, help=f"learning rate, for the standardized angle (default {DEFAULTS['lr']}; "
+                                            "Adam wants about 1e-3)")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {DEFAULTS['momentum']})")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="sgd: SGD with --momentum (default); adam: Adam with "
+                                                                "torch's defaults besides --lr")
+    p.add_argument("--warmup", type=float, metavar="EPOCHS", help="raise the learning rate linearly from ~0 to --lr "
+                   "over this many (fractional) epochs of steps, e.g. 0.2 (default 0: none); helps a network "
+                   "without BatchNorm start")
     p.add_argument("--val-store", help="validate on every frame of this store instead of the test split")
     p.add_argument("--val", nargs="+", metavar="DRIVE", help="validate on every frame of several drives, each reported "
                    "on its own (best.pt by their equally weighted RMSE): stores, or seeds such as 201-204 for "
@@ -78,7 +84,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.resume:
         fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "val", "snapshots",
-                             "probes", "seed", "height", "net", "checkpoint_minutes", "init")
+                             "probes", "seed", "height", "net", "checkpoint_minutes", "init", "optimizer", "warmup")
                  if getattr(args, o) not in (None, [])]
         if args.overwrite:
             fixed.append("overwrite")
@@ -91,6 +97,9 @@ def run(args) -> int:
         if not (args.store and args.arch and args.out):
             raise ValueError("vbp train needs STORE, --arch and --out (or --resume RUN_DIR)")
         options = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+        if args.optimizer == "adam" and args.momentum is not None:
+            raise ValueError("--momentum is SGD's; Adam keeps torch's default betas "
+                             "(give --optimizer sgd or drop --momentum)")
         if args.init:
             options["init"] = args.init
         if args.val_store and args.val:

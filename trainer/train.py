@@ -1,4 +1,4 @@
-"""The training loop: NetSVF/NetHVF on an HDF5 store, SGD with momentum, MSE of the steering angle.
+"""The training loop: NetSVF/NetHVF on an HDF5 store, SGD with momentum or Adam, MSE of the steering angle.
 
 The network learns standardized angles, (angle - mean) / std of the training split, so one learning
 rate suits the convolutions and the head whatever the spread of the angles; every checkpoint holds the
@@ -6,7 +6,8 @@ network with that affine map folded into its last layer, i.e. a plain model pred
 
 A run directory holds config.json, last.pt, best.pt (by validation RMSE) and runlog.h5 (see
 trainer.runlog). The order of training frames in epoch e is a permutation drawn from (seed, e), so a
-checkpoint's position (epoch, batch) is enough to continue exactly where it was written.
+checkpoint's position (epoch, batch) is enough to continue exactly where it was written; the learning
+rate of a step follows from the step count (linear warm-up, `warmup_factor`), which the checkpoint holds too.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .drives import drive_name
 from .runlog import RunLogReader, RunLogWriter
 
 ARCHS = ("netsvf", "nethvf")
+OPTIMIZERS = ("sgd", "adam")
 RUN_FILES = ("config.json", "last.pt", "best.pt", "runlog.h5")
 
 
@@ -60,6 +62,8 @@ class TrainConfig:
     val: list = field(default_factory=list)  # validation stores (every frame of each), instead of val_store
     init: str | None = None  # start from this model's weights (shipped name or checkpoint) instead of random ones
     bf16: bool = False  # training forward pass under bfloat16 autocast (validation and snapshots stay float32)
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (torch's defaults besides lr; momentum unused)
+    warmup: float = 0.0  # epochs (fractional) over which the learning rate rises linearly from ~0 to lr
 
     @property
     def stores(self) -> list:
@@ -88,8 +92,30 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.flip <= 1:
             raise ValueError(f"--flip is a probability in [0, 1], got {self.flip}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; vbp train knows {', '.join(OPTIMIZERS)}")
+        if not (math.isfinite(self.warmup) and self.warmup >= 0):
+            raise ValueError(f"--warmup is a number of epochs >= 0, got {self.warmup}")
         if self.lr <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """SGD with cfg.momentum, or Adam with torch's defaults (betas, eps, no weight decay), at cfg.lr."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """Optimizer steps of a warm-up of `warmup_epochs` (fractional) epochs; 0 for none."""
+    return math.ceil(warmup_epochs * steps_per_epoch - 1e-9) if warmup_epochs > 0 else 0
+
+
+def warmup_factor(step: int, steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) as a share of the full rate: (step + 1) / steps
+    during a warm-up of `steps` steps (the first step at 1/steps, step steps - 1 at the full rate), then 1."""
+    return 1.0 if step + 1 >= steps else (step + 1) / steps
 
 
 def store_offsets(paths) -> np.ndarray:
@@ -266,8 +292,9 @@ class Trainer:
         # channels-last convolutions are markedly faster on CPU (oneDNN)
         self.model.to(ctx.device, memory_format=torch.channels_last if ctx.device.type == "cpu" else None)
         self.net = distributed.wrap(self.model, ctx)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        self.opt = make_optimizer(cfg, self.net.parameters())
         self.steps_per_epoch = len(self.train_idx) // cfg.batch_size
+        self.warmup_steps = warmup_steps(cfg.warmup, self.steps_per_epoch)
         self.pos = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0}
         self.best = math.inf
         self.history = []
@@ -392,6 +419,8 @@ class Trainer:
                 loss = torch.nn.functional.mse_loss(out.float(), y)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for group in self.opt.param_groups:
+                    group["lr"] = cfg.lr * warmup_factor(self.pos["step"], self.warmup_steps)
                 self.opt.step()
                 value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world * self.target["std"] ** 2
                 if not math.isfinite(value):
