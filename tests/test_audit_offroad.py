@@ -1,0 +1,95 @@
+"""The anomaly score's off-road part: a network that watches the image edges diffusely in every frame, and in a
+few frames a compact object at the edge, ranks those frames first; the drive-relative unusualness alone ranks
+a long on-road excursion first. Masks go through compute.frame_stats as in an audit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vbp_rt.audit import anomaly, compute, report
+
+H, W = 32, 128
+ROAD_SHIFT = (100, 180)  # attention stays on the road but far from its usual place
+BLOB = (400, 425)  # a compact object at the upper right edge holds 60 % of the mask
+
+
+def drive(seed, n=600, edge_watch=(0.05, 0.35), blob=BLOB):
+    """Per-frame statistics of a synthetic drive's masks: a road blob near the bottom centre, plus a diffuse
+    share of the mass (uniform in `edge_watch`) spread over the edge bands, unevenly between left and right."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:H, 0:W]
+    k = int(W * compute.EDGE)
+    edges = (xs < k) | (xs >= W - k)
+    box = ((xs >= W - 12) & (xs < W - 4) & (ys >= 4) & (ys < 12)).astype(float)
+    masks = np.zeros((n, H, W), np.float32)
+    for i in range(n):
+        cx, cy = 64 + rng.normal(0, 4), 22 + rng.normal(0, 2)
+        if ROAD_SHIFT[0] <= i < ROAD_SHIFT[1]:
+            cx, cy = 24, 29
+        road = np.exp(-((xs - cx) ** 2 / 60 + (ys - cy) ** 2 / 12)) * ~edges
+        w = rng.uniform(*edge_watch)
+        side = rng.uniform(0.2, 0.8)
+        diffuse = edges * np.where(xs < W / 2, side, 1 - side) * (1 + 0.3 * rng.random((H, W)))
+        m = (1 - w) * road / road.sum() + w * diffuse / diffuse.sum()
+        if blob and blob[0] <= i < blob[1]:
+            m = 0.4 * m + 0.6 * box / box.sum()
+        masks[i] = m
+    stats = compute.frame_stats({"vbp": masks}, "vbp", compute.Geometry(), None)
+    stats.update(source=np.zeros(n, int), index=np.arange(n))
+    return stats
+
+
+def ranked(rows_score, threshold):
+    n = len(rows_score)
+    events = anomaly._events(np.arange(n), rows_score, threshold, np.arange(n), anomaly.GAP, 0)
+    return sorted(events, key=lambda e: -e["score"])
+
+
+def test_score_is_the_larger_of_unusualness_and_offroad_mass():
+    fr = drive(0)
+    off = anomaly.offroad(fr)
+    np.testing.assert_allclose(off, fr["regions"][:, 1] + fr["regions"][:, 2], atol=1e-6)
+    assert off[BLOB[0]:BLOB[1]].min() > 0.6 and np.median(off) < 0.25
+    x, _ = anomaly.features(fr)
+    z = np.clip(np.abs(anomaly.robust_z(x)), 0, anomaly.Z_CLIP)
+    expected = np.maximum(np.sqrt((z * z).mean(1)), off / anomaly.OFF_UNIT)
+    np.testing.assert_allclose(anomaly.score(x, off), expected)
+    found = anomaly.analyse(fr)
+    np.testing.assert_allclose(found["score"], expected, rtol=1e-6)
+    np.testing.assert_allclose(found["offroad"], off, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_an_offroad_object_ranks_first_where_unusualness_alone_does_not(seed):
+    fr = drive(seed)
+    found = anomaly.analyse(fr)
+    first = found["events"][0]
+    assert BLOB[0] - 2 <= first["start"] <= BLOB[0] + 2 and BLOB[1] - 2 <= first["stop"] <= BLOB[1] + 2
+    assert found["flagged"][BLOB[0] + 2:BLOB[1] - 2].all()
+    assert not found["flagged"][ROAD_SHIFT[0]:ROAD_SHIFT[1]].any()
+    # the drive-relative part alone: the long on-road excursion comes first
+    x, _ = anomaly.features(fr)
+    u = anomaly.unusualness(x)
+    old = ranked(u, anomaly.threshold(u))
+    assert ROAD_SHIFT[0] - 2 <= old[0]["start"] and old[0]["stop"] <= ROAD_SHIFT[1] + 2
+
+
+def test_a_network_that_stays_on_the_road_gets_no_offroad_events():
+    fr = drive(0, edge_watch=(0.0, 0.05), blob=None)
+    found = anomaly.analyse(fr)
+    assert (found["offroad"] < 0.1).all()
+    assert not found["flagged"][:ROAD_SHIFT[0] - 5].any() and not found["flagged"][ROAD_SHIFT[1] + 5:].any()
+    assert found["flagged"][ROAD_SHIFT[0] + 2:ROAD_SHIFT[1] - 2].mean() > 0.9  # its own excursion is found
+
+
+def test_report_names_offroad_attention_where_it_drives_the_score():
+    fr = drive(0)
+    x, names = anomaly.features(fr)
+    z = anomaly.robust_z(x)
+    off = anomaly.offroad(fr)
+    peak = BLOB[0] + 5
+    assert report.unusual(z[peak], names, float(off[peak])).startswith("off the road ")
+    calm = drive(0, edge_watch=(0.0, 0.05), blob=None)  # the excursion of a network that stays on the road
+    x, names = anomaly.features(calm)
+    row = ROAD_SHIFT[0] + 5
+    assert not report.unusual(anomaly.robust_z(x)[row], names, float(anomaly.offroad(calm)[row])).startswith("off")
