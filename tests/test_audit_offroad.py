@@ -1,12 +1,16 @@
 """The anomaly score's off-road part: a network that watches the image edges diffusely in every frame, and in a
 few frames a compact object at the edge, ranks those frames first; the drive-relative unusualness alone ranks
-a long on-road excursion first. Masks go through compute.frame_stats as in an audit."""
+a long on-road excursion first. Masks go through compute.frame_stats as in an audit. An audit whose audit.h5
+predates the off-road part is brought up to date by --resume from its chunk files."""
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
-from vbp_rt.audit import anomaly, compute, report
+from tests.viewer_helpers import tiny_checkpoint, write_drive
+from vbp_rt.audit import anomaly, compute, report, store
+from vbp_rt.cli import main
 
 H, W = 32, 128
 ROAD_SHIFT = (100, 180)  # attention stays on the road but far from its usual place
@@ -93,3 +97,25 @@ def test_report_names_offroad_attention_where_it_drives_the_score():
     x, names = anomaly.features(calm)
     row = ROAD_SHIFT[0] + 5
     assert not report.unusual(anomaly.robust_z(x)[row], names, float(anomaly.offroad(calm)[row])).startswith("off")
+
+
+def test_resume_of_an_audit_from_before_the_offroad_part(tmp_path):
+    model = str(tiny_checkpoint(tmp_path))
+    drive = str(write_drive(tmp_path / "drive.h5", 20))
+    out = tmp_path / "audit"
+    args = ["audit", drive, "--model", model, "--out", str(out), "--backend", "torch-cpu", "--chunk", "8"]
+    assert main(args) == 0
+    with h5py.File(out / "audit.h5", "a") as f:  # audit.h5 as written before: no offroad, the old score
+        expected = f["anomaly/score"][()]
+        del f["anomaly/offroad"]
+        for key in ("off_unit", "score"):
+            del f["anomaly"].attrs[key]
+        f["anomaly/score"][...] = 0
+    stamps = {p: p.stat().st_mtime_ns for p in store.chunk_files(out)}
+    assert main(args + ["--resume"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in store.chunk_files(out)} == stamps  # no frame recomputed
+    with store.open_audit(out) as f:
+        frames = store.read_frames(f)
+        np.testing.assert_allclose(f["anomaly/offroad"][()], anomaly.offroad(frames), atol=1e-6)
+        np.testing.assert_array_equal(f["anomaly/score"][()], expected)
+        assert f["anomaly"].attrs["off_unit"] == anomaly.OFF_UNIT
