@@ -91,7 +91,8 @@ def resolve_model(name: str, seed: int = 0) -> ModelSpec:
     """"netsvf"/"nethvf" (the shipped weights when present, else randomly initialized), a checkpoint or an .onnx file."""
     import torch
 
-    from vbp_rt.models import CONFIGS, build, load_model, shipped_models
+    from vbp_rt.model_config import shipped_models
+    from vbp_rt.models import CONFIGS, build, load_model
     path = Path(name)
     if path.suffix.lower() == ".onnx":
         if not path.is_file():

@@ -44,7 +44,8 @@ def main() -> None:
     import torch
 
     from vbp_rt import onnx_io
-    from vbp_rt.models import build, load_model, shipped_models
+    from vbp_rt.model_config import shipped_models
+    from vbp_rt.models import build, load_model
     from vbp_rt.sessions import cpu_session_options
 
     if args.model in shipped_models() or args.model not in ("netsvf", "nethvf"):

@@ -21,7 +21,8 @@ from tests.conftest import randomize_bn
 from vbp_rt import explain, ort_install, precision, sessions
 from vbp_rt.cli import main
 from vbp_rt.models import build, save_checkpoint
-from vbp_rt.runtime import Runtime, output_devices, private_copy
+from vbp_rt.runtime import Runtime, output_devices
+from vbp_rt.runtime_torch import private_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 ORT_DISTRIBUTIONS = {"onnxruntime", "onnxruntime-gpu"}

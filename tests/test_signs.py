@@ -16,7 +16,8 @@ import vbp_rt
 from vbp_rt import cli
 from vbp_rt.evaluation.metrics import keep_top, topk_agreement
 from vbp_rt.evaluation.signs import ranked, sign_order, sign_table
-from vbp_rt.models import NetConfig, build, load_model, save_checkpoint, shipped_models
+from vbp_rt.model_config import shipped_models
+from vbp_rt.models import NetConfig, build, load_model, save_checkpoint
 
 ACCURACY_SEED = 4  # not used for training (0), validation (1) or vbp eval (2)
 

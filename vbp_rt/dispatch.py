@@ -6,7 +6,8 @@ from torch import nn
 
 from . import methods
 from .models import load_model
-from .onnx_model import explain_onnx, is_onnx
+from .onnx_meta import is_onnx
+from .onnx_model import explain_onnx
 from .result import Explanation, check_input
 
 

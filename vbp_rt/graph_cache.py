@@ -26,8 +26,8 @@ from .files import atomic_write
 
 KEY_PROP = "vbp_rt.cache_key"
 # The modules whose code decides what an exported graph contains.
-BUILDERS = ("onnx_io.py", "onnx_model.py", "onnx_graph.py", "graph.py", "upsample.py", "models.py",
-            "methods/vbp.py", "methods/lrp.py")
+BUILDERS = ("onnx_io.py", "onnx_model.py", "onnx_meta.py", "onnx_graph.py", "graph.py", "upsample.py", "models.py",
+            "model_config.py", "methods/vbp.py", "methods/lrp.py")
 log = logging.getLogger(__name__)
 
 

@@ -10,40 +10,14 @@ input is read after its Transpose. `MapLink.name` is the Relu's output tensor na
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 from onnx import shape_inference
 
 from .graph import Chain, Edge, MapLink, SpatialOp
+from .onnx_meta import data_input, load
 
 SPATIAL_OPS = {"Conv": "conv", "MaxPool": "pool", "AveragePool": "pool", "LpPool": "pool",
                "GlobalAveragePool": "pool", "GlobalMaxPool": "pool"}
-
-
-def load(model) -> onnx.ModelProto:
-    """An ONNX ModelProto from a path, bytes or a ModelProto (clear error for anything else)."""
-    if isinstance(model, onnx.ModelProto):
-        return model
-    if isinstance(model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model))
-    path = Path(model)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model {path} does not exist")
-    try:
-        return onnx.load(str(path))
-    except Exception as e:  # protobuf raises DecodeError and friends
-        raise ValueError(f"{path} is not a readable ONNX model: {e}") from e
-
-
-def data_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    """The one graph input that is not an initializer (the image batch)."""
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ValueError(f"expected an ONNX model with one image input, found {len(inputs)}: "
-                         f"{', '.join(i.name for i in inputs) or 'none'}")
-    return inputs[0]
 
 
 def _dims(vi: onnx.ValueInfoProto) -> tuple | None:

@@ -7,7 +7,6 @@ layer's geometry, point-wise products, per-step rescale by the per-image max, fi
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 import warnings
@@ -25,9 +24,10 @@ from .graph import Chain, SpatialOp, find_torch_chain
 from .input_spec import InputSpec
 from .methods.lrp import epsilon_lrp
 from .methods.vbp import backproject, backproject_dag
+from .onnx_meta import MAX_IR_VERSION, set_metadata
+from .onnx_meta import metadata  # noqa: F401 (callers read exported files' metadata as onnx_io.metadata)
 from .upsample import natural_size
 
-MAX_IR_VERSION = 10  # onnxruntime 1.31 refuses the IR version 14 that onnx 1.23's helper writes
 MIN_OPSET = 9  # the head uses Where (opset 9); older models are converted first
 DEFAULT_OPSET = 17
 ONNX_FORMAT = "vbp-rt-onnx"
@@ -236,24 +236,6 @@ def expose_maps(model, chain: Chain | None = None, input_shape=None) -> onnx.Mod
 def _batch_dim(m: onnx.ModelProto):
     d = onnx_graph.data_input(m).type.tensor_type.shape.dim[0]
     return d.dim_value if d.HasField("dim_value") else (d.dim_param or "batch")
-
-
-def set_metadata(m: onnx.ModelProto, entries: dict) -> None:
-    """Add or replace metadata_props entries (non-string values as JSON)."""
-    props = {p.key: p.value for p in m.metadata_props}
-    props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in entries.items()})
-    onnx.helper.set_model_props(m, props)
-
-
-def metadata(model) -> dict:
-    """The model's metadata_props as a dict (JSON values decoded)."""
-    out = {}
-    for p in onnx_graph.load(model).metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except ValueError:
-            out[p.key] = p.value
-    return out
 
 
 class _WithMaps(nn.Module):

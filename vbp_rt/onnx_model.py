@@ -1,6 +1,8 @@
 """An ONNX file as a vbp-rt model: what it expects (its input spec), which output is the prediction, the graph
 with the heads a set of methods needs, and `explain()` on it (what `vbp_rt.explain` and `vbp explain` call for
 .onnx files). Methods without an onnxruntime head run on the graph converted to torch (vbp_rt.onnx_torch).
+What needs no torch (the metadata, the prediction output, the outputs of the heads a graph carries) is in
+vbp_rt.onnx_meta: the runtime reads a cached graph with that alone.
 """
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ import torch
 
 from . import input_spec, methods, onnx_graph, onnx_io, onnx_torch
 from .input_spec import InputSpec
-from .models import NetConfig, load_model, resolve_model_path
+from .methods import ONNX_METHODS
+from .model_config import NetConfig, resolve_model_path
+from .models import load_model
+from .onnx_meta import MAX_IR_VERSION, head_outputs, metadata, prediction_output
 from .result import Explanation
 from .sessions import cpu_session_options, ort  # ort: onnxruntime, or an error naming the extras
-
-ONNX_METHODS = ("vbp", "lrp")
-ort.set_default_logger_severity(3)  # onnxruntime's graph warnings (unused initializers, ...) are not the user's
 
 
 @dataclass
@@ -40,16 +42,11 @@ class ModelInfo:
         return (self.in_channels, self.height, self.width)
 
 
-def is_onnx(model) -> bool:
-    return isinstance(model, onnx.ModelProto) or (isinstance(model, (str, Path))
-                                                   and str(model).lower().endswith(".onnx"))
-
-
 def onnx_config(model, input_shape=None, path=None, options=None):
     """The NetConfig stored by `vbp export`, or a ModelInfo read from the graph (input size, outputs) and the
     input spec (metadata, sidecar file beside `path`, `options`; see vbp_rt.input_spec)."""
     model = onnx_graph.load(model)
-    meta = onnx_io.metadata(model)
+    meta = metadata(model)
     if isinstance(meta.get("vbp_rt.config"), dict):
         return NetConfig(**meta["vbp_rt.config"])
     spec = onnx_spec(model, path, options, input_shape)
@@ -63,7 +60,7 @@ def onnx_spec(model, path=None, options=None, input_shape=None) -> InputSpec:
     `vbp_rt.input`, the sidecar file MODEL.onnx.json beside `path` and `options`."""
     model = onnx_graph.load(model)
     chw = tuple(input_shape) if input_shape is not None else onnx_graph.input_chw(model)
-    meta = onnx_io.metadata(model)
+    meta = metadata(model)
     info = meta.get("vbp_rt.input") if isinstance(meta.get("vbp_rt.input"), dict) else None
     if chw is None:  # symbolic height/width: the spec's size fixes them
         sized = input_spec.resolve(InputSpec(0, 0), info, path, options)
@@ -125,32 +122,12 @@ def model_info(model, input_shape=None, options=None) -> tuple:
     return kind, obj, path, config, input_spec.resolve(input_spec.from_config(config), None, path, options)
 
 
-def prediction_output(model: onnx.ModelProto, spec: InputSpec | None = None) -> str:
-    """The output the spec names, else "prediction", else the first graph output that is not a map or a
-    method's output."""
-    names = [o.name for o in model.graph.output]
-    wanted = (spec.output.get("name") if spec is not None else "") or ""
-    if wanted:
-        if wanted not in names:
-            raise ValueError(f"the input spec names output {wanted!r}; the ONNX model's outputs are {', '.join(names)}")
-        return wanted
-    if "prediction" in names:
-        return "prediction"
-    meta = onnx_io.metadata(model)
-    skip = set(meta.get("vbp_rt.maps") or []) | {meta.get(k) for k in (
-        "vbp_rt.vbp_output", "vbp_rt.vbp_relevance", "vbp_rt.lrp_output", "vbp_rt.lrp_relevance")}
-    rest = [n for n in names if n not in skip]
-    if not rest:
-        raise ValueError("the ONNX model has no prediction output")
-    return rest[0]
-
-
 def needs_torch(model, methods, path=None) -> bool:
     """Whether some of `methods` have no onnxruntime head for this ONNX model (they run on its torch conversion):
     any method but vbp and lrp, and lrp without an LRP variant from `vbp export`."""
     if any(m not in ONNX_METHODS for m in methods):
         return True
-    if "lrp" not in methods or "vbp_rt.lrp_output" in onnx_io.metadata(model):
+    if "lrp" not in methods or "vbp_rt.lrp_output" in metadata(model):
         return False
     return path is None or not onnx_io.variant_paths(path)["lrp"].is_file()
 
@@ -171,7 +148,7 @@ def method_graph(model, methods, eps: float | None = None, input_shape=None, pat
                  else onnx_io.export_maps(model, input_shape))
     else:
         graph = model
-        if "lrp" in methods and "vbp_rt.lrp_output" not in onnx_io.metadata(graph):
+        if "lrp" in methods and "vbp_rt.lrp_output" not in metadata(graph):
             lrp_path = onnx_io.variant_paths(path)["lrp"] if path is not None else None
             if lrp_path is None or not lrp_path.is_file():
                 raise ValueError("LRP on onnxruntime needs the LRP variant written by `vbp export` "
@@ -179,16 +156,9 @@ def method_graph(model, methods, eps: float | None = None, input_shape=None, pat
             graph = onnx_graph.load(lrp_path)
         if input_shape is not None and onnx_graph.input_chw(graph) is None:
             graph = onnx_graph.with_input_shape(graph, input_shape)
-    if "vbp" in methods and "vbp_rt.vbp_output" not in onnx_io.metadata(graph):
+    if "vbp" in methods and "vbp_rt.vbp_output" not in metadata(graph):
         graph = onnx_io.append_vbp_head(graph, input_shape=input_shape)
-    meta = onnx_io.metadata(graph)
-    if "lrp" in methods and eps is not None and meta["vbp_rt.lrp_eps"] != eps:
-        raise ValueError(f"this LRP variant was exported with eps={meta['vbp_rt.lrp_eps']}, not {eps} "
-                         "(re-export with `vbp export --eps`)")
-    outputs = {"prediction": prediction_output(graph)}
-    for m in methods:
-        outputs[m] = (meta[f"vbp_rt.{m}_output"], meta[f"vbp_rt.{m}_relevance"])
-    return graph, outputs
+    return graph, head_outputs(graph, methods, eps)
 
 
 @functools.lru_cache(maxsize=8)
@@ -310,7 +280,7 @@ def export_foreign(model, out, variants, spec: InputSpec, eps: float = 100.0, op
             why = str(e).strip().splitlines()[-1].split(": ")[-1]
             raise ValueError(f"cannot convert the ONNX model from opset {onnx_io.opset_of(model)} to {opset} "
                              f"with onnx's version converter ({why})") from None
-        model.ir_version = min(model.ir_version, onnx_io.MAX_IR_VERSION)
+        model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     model, dynamic = dynamic_batch(model)
     if not dynamic:
         notes.append(f"the graph needs its fixed batch of {spec.batch}: the variants keep it")

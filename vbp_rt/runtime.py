@@ -13,27 +13,28 @@ forward pass with VBP's channel-mean hooks, and a method other than VBP runs its
 
 On the GPU a Runtime computes in exact float32 unless created with `tf32=True` (vbp_rt.precision). A torch
 backend runs its own copy of the module: the caller's module is neither moved nor switched to eval mode.
+
+A checkpoint or shipped model whose graph is in vbp_rt.graph_cache starts on onnxruntime without importing torch:
+loading a model into torch, exporting it and the torch engine live in vbp_rt.runtime_torch (and vbp_rt.onnx_model),
+imported only when they are needed.
 """
 from __future__ import annotations
 
-import copy
 import logging
+import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from importlib import metadata as package_metadata
 
 import numpy as np
 import onnx
-import torch
 from onnx import utils as onnx_utils
-from torch import nn
 
-from . import graph_cache, input_spec, onnx_graph, onnx_io, onnx_torch
+from . import graph_cache, input_spec
 from .data import preprocess
-from .dispatch import explain
-from .methods import vbp as vbp_method
-from .models import NetConfig, resolve_model_path
-from .onnx_model import ONNX_METHODS, is_onnx, method_graph, model_info, needs_torch, prediction_output
-from .precision import torch_fp32
+from .methods import ONNX_METHODS
+from .model_config import NetConfig, resolve_model_path
+from .onnx_meta import MAX_IR_VERSION, carries_heads, data_input, head_outputs, is_onnx, metadata
 from .sessions import (cpu_session_options, cuda_provider_options, node_placement, ort, ort_cuda_status,
                        ort_cuda_works)
 
@@ -51,41 +52,38 @@ class RunResult:
 
 def available_backends() -> list:
     """The backends this machine really runs, fastest first."""
-    ok = {"ort-cuda": ort_cuda_works(), "torch-cuda": torch.cuda.is_available(),
+    ok = {"ort-cuda": ort_cuda_works(), "torch-cuda": torch_sees_cuda(),
           "ort-cpu": "CPUExecutionProvider" in ort.get_available_providers(), "torch-cpu": True}
     return [b for b in BACKENDS if ok[b]]
 
 
-def private_copy(module: nn.Module, device=None) -> nn.Module:
-    """An eval-mode copy of `module` on `device` (default: where it is). The caller's module keeps its device
-    and its train/eval mode, so it can go on to another Runtime, `vbp export` or a CPU reference."""
-    module = copy.deepcopy(module)
-    return (module if device is None else module.to(device)).eval()
+def torch_sees_cuda() -> bool:
+    """torch.cuda.is_available(), answered without importing torch where the installed torch is a CPU-only build
+    (its version ends in "+cpu", as PyTorch's CPU wheels are labelled)."""
+    try:
+        version = package_metadata.version("torch")
+    except package_metadata.PackageNotFoundError:
+        return False
+    return not version.endswith("+cpu") and _torch_part().cuda_available()
 
 
-def _source(model, input_shape, methods=(), spec=None):
-    """(kind, object, path, config, input spec): kind "onnx" with a ModelProto, or "torch" with an eval-mode
-    nn.Module of its own. An ONNX model becomes a torch module (onnx2torch, NCHW input) when some method has
-    no onnxruntime head for it. `spec` is --input-spec text or a dict (vbp_rt.input_spec)."""
-    kind, obj, path, config, model_spec = model_info(private_copy(model) if isinstance(model, nn.Module) else model,
-                                                     input_shape, spec)
-    if kind == "onnx" and needs_torch(obj, methods, path):
-        obj = onnx_torch.to_torch(obj, prediction_output(obj, model_spec))
-        kind, model_spec = "torch", replace(model_spec, layout="NCHW")
-    return kind, obj.eval() if kind == "torch" else obj, path, config, model_spec
+def _torch_part():
+    """vbp_rt.runtime_torch: loading a model into torch, and the torch engine."""
+    from . import runtime_torch  # deferred: keeps torch off the cached onnxruntime path (docs/onnx.md)
+    return runtime_torch
 
 
 def _cache_lookup(model, methods, eps, input_shape, spec) -> tuple:
     """(key, source or None) for a checkpoint file or shipped model name (vbp_rt.graph_cache): on a hit the source
-    is what _source gives, made from the cached graph, with no checkpoint loaded into torch and nothing exported.
-    (None, None) for anything else (modules, ONNX files, methods without an onnxruntime head)."""
-    if (isinstance(model, (nn.Module, onnx.ModelProto)) or is_onnx(model)
-            or any(m not in ONNX_METHODS for m in methods)):
+    is what runtime_torch.load_source gives, made from the cached graph, with no checkpoint loaded into torch,
+    nothing exported and torch not imported. (None, None) for anything else (modules, ONNX files, methods without
+    an onnxruntime head)."""
+    if not isinstance(model, (str, os.PathLike)) or is_onnx(model) or any(m not in ONNX_METHODS for m in methods):
         return None, None
     path = resolve_model_path(model)
     key = graph_cache.key(path, methods=sorted(methods), eps=eps, input_shape=input_shape, spec=spec)
     graph = graph_cache.load(key)
-    config = onnx_io.metadata(graph).get("vbp_rt.config") if graph is not None else None
+    config = metadata(graph).get("vbp_rt.config") if graph is not None else None
     if not isinstance(config, dict):
         return key, None
     config = NetConfig(**config)
@@ -121,7 +119,11 @@ class _OrtEngine:
         if cuda_graph and device != "cuda":
             raise ValueError("cuda_graph=True needs onnxruntime on CUDA (backend ort-cuda)")
         t0 = time.perf_counter()
-        graph, names = method_graph(obj, methods, eps, input_shape, path)
+        if isinstance(obj, onnx.ModelProto) and carries_heads(obj, methods):  # a cached graph: runs as it is
+            graph, names = obj, head_outputs(obj, methods, eps)
+        else:
+            from . import onnx_model  # deferred: keeps torch off the cached onnxruntime path (exports need torch)
+            graph, names = onnx_model.method_graph(obj, methods, eps, input_shape, path)
         self.startup = {"export": (time.perf_counter() - t0) * 1000.0}  # ms: torch.onnx export and the heads
         outputs = {"prediction": names["prediction"], **{m: names[m][0] for m in methods}}
         self.device = device
@@ -139,9 +141,9 @@ class _OrtEngine:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         else:
             providers, options = ["CPUExecutionProvider"], cpu_session_options(threads, spinning)
-        self.input = onnx_graph.data_input(graph).name
+        self.input = data_input(graph).name
         self.prediction = outputs["prediction"]
-        means = onnx_io.metadata(graph).get("vbp_rt.vbp_means", []) if "vbp" in methods else []
+        means = metadata(graph).get("vbp_rt.vbp_means", []) if "vbp" in methods else []
         parts = split_stages(graph, self.prediction, {m: outputs[m] for m in methods}, means)
         self.placement = self._check_placement(parts, tf32) if device == "cuda" else {}
         t0 = time.perf_counter()
@@ -265,7 +267,7 @@ def split_stages(graph: onnx.ModelProto, prediction: str, method_outputs: dict, 
     inferred = onnx.shape_inference.infer_shapes(graph)
     producer = {o: n for n in inferred.graph.node for o in n.output}
     inits = {i.name for i in inferred.graph.initializer}
-    source = onnx_graph.data_input(inferred).name
+    source = data_input(inferred).name
 
     def ancestry(tensors) -> list:
         seen, todo, nodes = set(), list(tensors), []
@@ -290,57 +292,8 @@ def split_stages(graph: onnx.ModelProto, prediction: str, method_outputs: dict, 
     for method, out in method_outputs.items():
         parts[method] = ex.extract_model(boundary[method], [out])
     for p in parts.values():
-        p.ir_version = min(p.ir_version, onnx_io.MAX_IR_VERSION)
+        p.ir_version = min(p.ir_version, MAX_IR_VERSION)
     return parts
-
-
-class _TorchEngine:
-    """vbp_rt's torch methods on CPU or CUDA; VBP's forward (with its channel-mean hooks) is the forward stage."""
-
-    def __init__(self, model: nn.Module, device: str, threads, options: dict, tf32: bool = False):
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = torch.device(device)
-        self.model = private_copy(model, self.device)
-        self.options = options
-        self.tf32 = tf32
-        self.placement = {}
-        self.startup = {}
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def run(self, x: np.ndarray, methods) -> tuple:
-        if self.device.type != "cuda":
-            return self._run(x, methods)
-        with torch_fp32(self.tf32):
-            return self._run(x, methods)
-
-    def _run(self, x: np.ndarray, methods) -> tuple:
-        timings, masks = {}, {}
-        t0 = time.perf_counter()
-        xt = torch.from_numpy(x).to(self.device)  # pageable host memory: the copy is synchronous anyway
-        if "vbp" in methods:
-            pred, averages, chain = vbp_method.forward(self.model, xt)
-        else:
-            with torch.no_grad():
-                pred = self.model(xt)
-        self._sync()
-        timings["forward"] = (time.perf_counter() - t0) * 1000.0
-        for m in methods:
-            t0 = time.perf_counter()
-            if m == "vbp":
-                mask = vbp_method.from_averages(pred, averages, chain).mask
-            else:
-                mask = explain(self.model, xt, m, **self.options.get(m, {})).mask
-            masks[m] = mask.detach().float().cpu().numpy()
-            timings[m] = (time.perf_counter() - t0) * 1000.0
-        return pred.detach().float().cpu().numpy(), masks, timings
-
-    @property
-    def providers(self) -> list:
-        return [str(self.device)]
 
 
 class Runtime:
@@ -390,14 +343,14 @@ class Runtime:
                 log.warning("graph cache: the cached graph did not start (%s); exporting again", e)
         keep = (lambda graph: graph_cache.store(key, graph)) if key is not None else None
         self.graph_cached = False
-        if not self._start(backend, lambda: _source(model, input_shape, self.methods, spec), input_shape, threads,
-                           spinning, cuda_graph, eps, keep):
+        if not self._start(backend, lambda: _torch_part().load_source(model, input_shape, self.methods, spec),
+                           input_shape, threads, spinning, cuda_graph, eps, keep):
             raise ValueError(f"no backend can run this model with methods {', '.join(self.methods)}: "
                              + "; ".join(self.skipped))
 
     def _start(self, backend, source, input_shape, threads, spinning, cuda_graph, eps, keep=None) -> bool:
-        """The first candidate backend that starts on `source` (see _source) becomes self.engine; False when
-        none does (reasons in self.skipped)."""
+        """The first candidate backend that starts on `source` (see runtime_torch.load_source) becomes self.engine;
+        False when none does (reasons in self.skipped)."""
         t0 = time.perf_counter()
         kind, obj, path, self.config, self.spec = source() if callable(source) else source
         model_ms = (time.perf_counter() - t0) * 1000.0
@@ -442,9 +395,8 @@ class Runtime:
         if lib == "ort":
             return _OrtEngine(obj, path, self.methods, device, threads, spinning, cuda_graph, eps, input_shape,
                               self.tf32, keep=keep if kind == "torch" else None)
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("torch-cuda: torch sees no CUDA GPU")
-        return _TorchEngine(obj, device, threads, {"lrp": {"eps": eps}} if eps is not None else {}, self.tf32)
+        return _torch_part().TorchEngine(obj, device, threads, {"lrp": {"eps": eps}} if eps is not None else {},
+                                         self.tf32)
 
     @property
     def providers(self) -> list:

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import onnx
 
-from . import onnx_io
 from .extras import MissingExtra
+from .onnx_meta import MAX_IR_VERSION
 
 try:
     import onnxruntime as ort
 except ImportError as e:  # neither onnxruntime distribution is installed (both are extras, see setup.py)
     raise MissingExtra("onnxruntime is not installed: pip install 'vbp-rt[cpu]', or 'vbp-rt[gpu]' on a machine "
                        "with an NVIDIA GPU (onnxruntime-gpu); never both") from e
+ort.set_default_logger_severity(3)  # onnxruntime's graph warnings (unused initializers, ...) are not the user's
 
 # cuDNN's convolution algorithm choice for the CUDA provider. EXHAUSTIVE (onnxruntime's default) benchmarks
 # every algorithm on the first run at each new input shape, so the first frame at every batch size stalls
@@ -147,7 +148,7 @@ def _probe_model() -> bytes:
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
     g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)])
-    m.ir_version = onnx_io.MAX_IR_VERSION
+    m.ir_version = MAX_IR_VERSION
     return m.SerializeToString()
 
 

@@ -23,7 +23,7 @@ from vbp_rt.files import (
     warn_stale,
 )
 from vbp_rt.input_spec import SPEC_HELP, announce
-from vbp_rt.models import shipped_models
+from vbp_rt.model_config import shipped_models
 from vbp_rt.onnx_model import model_info
 from vbp_rt.overlay import overlay
 

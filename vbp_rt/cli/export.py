@@ -8,8 +8,10 @@ from vbp_rt import onnx_graph, onnx_io
 from vbp_rt.files import partial_path, publish, refuse_existing, warn_stale
 from vbp_rt.graph import find_torch_chain
 from vbp_rt.input_spec import SPEC_HELP, announce
-from vbp_rt.models import load_model, resolve_model_path
-from vbp_rt.onnx_model import export_foreign, is_onnx, onnx_spec
+from vbp_rt.model_config import resolve_model_path
+from vbp_rt.models import load_model
+from vbp_rt.onnx_meta import is_onnx
+from vbp_rt.onnx_model import export_foreign, onnx_spec
 
 
 def add_parser(sub) -> None:

@@ -3,6 +3,10 @@
 A method is a function `(model, x, *, its options) -> Explanation`; `vbp_rt.explain` dispatches by name and
 checks the options against the function's signature. `parse_methods` reads the command-line grammar
 "vbp,lrp:eps=0.01" used by `vbp view`, `vbp eval` and `vbp audit`.
+
+The built-in methods' names and options are also listed in `BUILTIN`, so that naming and checking them
+(`available`, `options_of`, `parse_methods`) does not import their torch code: a cached graph on onnxruntime
+starts without torch (tests/test_torch_free.py holds the table to the functions' signatures).
 """
 from __future__ import annotations
 
@@ -10,7 +14,11 @@ import importlib
 import inspect
 
 REGISTRY: dict = {}
-_BUILTIN = ("vbp", "lrp", "saliency", "guided", "deconvnet", "gradxinput", "gradcam", "affine")
+# built-in method -> its option names (the keyword parameters after model and x), in signature order
+BUILTIN = {"vbp": (), "lrp": ("eps", "target", "bn"), "saliency": ("target",), "guided": ("target",),
+           "deconvnet": ("target",), "gradxinput": ("target",), "gradcam": ("layer", "target"),
+           "affine": ("layer", "target")}
+ONNX_METHODS = ("vbp", "lrp")  # the methods with an onnxruntime head (vbp_rt.onnx_io); the others run on torch
 
 
 def register(name: str):
@@ -22,25 +30,35 @@ def register(name: str):
 
 
 def _load_builtin():
-    for mod in _BUILTIN:
+    for mod in BUILTIN:
         importlib.import_module(f"{__name__}.{mod}")
 
 
 def available() -> list:
-    _load_builtin()
-    return sorted(REGISTRY)
+    """Every method name: the built-in ones and those registered since (none of them imported here)."""
+    return sorted({*BUILTIN, *REGISTRY})
+
+
+def _check_known(name: str) -> None:
+    if name not in BUILTIN and name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(available())}")
 
 
 def get(name: str):
-    _load_builtin()
+    """The function of method `name` (the built-in methods are imported on first use)."""
+    _check_known(name)
     if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(REGISTRY))}")
+        _load_builtin()
     return REGISTRY[name]
 
 
 def options_of(name: str) -> list:
-    """The option names method `name` takes (its keyword parameters after model and x)."""
-    params = list(inspect.signature(get(name)).parameters.values())[2:]
+    """The option names method `name` takes (its keyword parameters after model and x); for a built-in method
+    not imported yet, from BUILTIN."""
+    _check_known(name)
+    if name not in REGISTRY:
+        return list(BUILTIN[name])
+    params = list(inspect.signature(REGISTRY[name]).parameters.values())[2:]
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
@@ -73,7 +91,7 @@ def parse_methods(text: str) -> dict:
         if not label:
             continue
         method, *pairs = label.split(":")
-        get(method)
+        _check_known(method)
         options = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
