@@ -232,9 +232,9 @@ class ViewerWindow(QMainWindow):
         self.method_row.addWidget(box)
 
     def _fill_choices(self) -> None:
-        """Every registered method and every backend this machine runs: they import torch and probe onnxruntime,
-        so a window shown before its model is ready lists them once the model is."""
-        from vbp_rt.runtime import available_backends  # torch and onnxruntime: the model brought them in already
+        """Every registered method and every backend this machine runs: finding the backends probes onnxruntime and
+        CUDA, so a window shown before its model is ready lists them once the model is."""
+        from vbp_rt.runtime import available_backends  # onnxruntime: the model brought it in already
         for name in available_methods():
             if name not in self.method_boxes:
                 self._add_method_box(name)

@@ -86,9 +86,7 @@ def default_drive() -> Path:
 
 def runtime_factory(model, threads=None, eps=None, spec=None):
     """(backend, methods) -> Runtime for `model` (`spec`: --input-spec)."""
-    from vbp_rt.runtime import (
-        Runtime,  # torch and onnxruntime: imported once a model is really needed
-    )
+    from vbp_rt.runtime import Runtime  # onnxruntime (and torch, unless the graph is cached): once a model is needed
 
     def make(backend, methods):
         return Runtime(model, backend=backend, methods=tuple(methods), threads=threads, eps=eps, spec=spec)
