@@ -1,6 +1,7 @@
 """The anomaly score's off-road part: a network that watches the image edges diffusely in every frame, and in a
 few frames a compact object at the edge, ranks those frames first; the drive-relative unusualness alone ranks
-a long on-road excursion first. Masks go through compute.frame_stats as in an audit. An audit whose audit.h5
+a long on-road excursion first, and that excursion stays flagged however much the network watches the edges.
+Masks go through compute.frame_stats as in an audit. An audit whose audit.h5
 predates the off-road part is brought up to date by --resume from its chunk files."""
 from __future__ import annotations
 
@@ -56,11 +57,24 @@ def test_score_is_the_larger_of_unusualness_and_offroad_mass():
     assert off[BLOB[0]:BLOB[1]].min() > 0.6 and np.median(off) < 0.25
     x, _ = anomaly.features(fr)
     z = np.clip(np.abs(anomaly.robust_z(x)), 0, anomaly.Z_CLIP)
-    expected = np.maximum(np.sqrt((z * z).mean(1)), off / anomaly.OFF_UNIT)
-    np.testing.assert_allclose(anomaly.score(x, off), expected)
+    u = np.sqrt((z * z).mean(1))
+    o = off / anomaly.OFF_UNIT
+
+    def thr(v):
+        med = np.median(v)
+        return max(med + 3 * 1.4826 * np.median(np.abs(v - med)), 2.0)
+
+    t_u, t_o = thr(u), thr(o)
+    expected = np.maximum(u, t_u + o - t_o)
+    s, *ts = anomaly.score(x, off)
+    np.testing.assert_allclose(s, expected)
+    assert ts == pytest.approx([t_u, t_o])
     found = anomaly.analyse(fr)
     np.testing.assert_allclose(found["score"], expected, rtol=1e-6)
     np.testing.assert_allclose(found["offroad"], off, atol=1e-6)
+    assert found["thresholds"][0] == pytest.approx(t_u)
+    assert found["offroad_thresholds"][0] == pytest.approx(t_o * anomaly.OFF_UNIT)
+    np.testing.assert_array_equal(found["flagged"], (u > t_u) | (o > t_o))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -70,7 +84,8 @@ def test_an_offroad_object_ranks_first_where_unusualness_alone_does_not(seed):
     first = found["events"][0]
     assert BLOB[0] - 2 <= first["start"] <= BLOB[0] + 2 and BLOB[1] - 2 <= first["stop"] <= BLOB[1] + 2
     assert found["flagged"][BLOB[0] + 2:BLOB[1] - 2].all()
-    assert not found["flagged"][ROAD_SHIFT[0]:ROAD_SHIFT[1]].any()
+    second = found["events"][1]  # the on-road excursion is still an event, below the object
+    assert ROAD_SHIFT[0] - 2 <= second["start"] and second["stop"] <= ROAD_SHIFT[1] + 2
     # the drive-relative part alone: the long on-road excursion comes first
     x, _ = anomaly.features(fr)
     u = anomaly.unusualness(x)
@@ -86,17 +101,26 @@ def test_a_network_that_stays_on_the_road_gets_no_offroad_events():
     assert found["flagged"][ROAD_SHIFT[0] + 2:ROAD_SHIFT[1] - 2].mean() > 0.9  # its own excursion is found
 
 
+def test_an_onroad_excursion_stays_flagged_where_the_edges_are_watched_a_lot():
+    fr = drive(0, edge_watch=(0.0, 0.7), blob=None)  # off-road mass all over 0..0.7: its threshold is high
+    found = anomaly.analyse(fr)
+    assert found["offroad_thresholds"][0] > 0.7
+    assert found["flagged"][ROAD_SHIFT[0] + 2:ROAD_SHIFT[1] - 2].mean() > 0.9
+    first = found["events"][0]
+    assert ROAD_SHIFT[0] - 2 <= first["start"] and first["stop"] <= ROAD_SHIFT[1] + 2
+
+
 def test_report_names_offroad_attention_where_it_drives_the_score():
     fr = drive(0)
     x, names = anomaly.features(fr)
     z = anomaly.robust_z(x)
     off = anomaly.offroad(fr)
+    leads = report.offroad_leads(x, off, fr["source"])
+    assert leads[BLOB[0]:BLOB[1]].all() and not leads[ROAD_SHIFT[0]:ROAD_SHIFT[1]].any()
     peak = BLOB[0] + 5
-    assert report.unusual(z[peak], names, float(off[peak])).startswith("off the road ")
-    calm = drive(0, edge_watch=(0.0, 0.05), blob=None)  # the excursion of a network that stays on the road
-    x, names = anomaly.features(calm)
+    assert report.unusual(z[peak], names, float(off[peak]), leads[peak]).startswith("off the road ")
     row = ROAD_SHIFT[0] + 5
-    assert not report.unusual(anomaly.robust_z(x)[row], names, float(anomaly.offroad(calm)[row])).startswith("off")
+    assert not report.unusual(z[row], names, float(off[row]), leads[row]).startswith("off")
 
 
 def test_resume_of_an_audit_from_before_the_offroad_part(tmp_path):

@@ -14,14 +14,20 @@ Two parts, each from the attention statistics of compute.py alone (never from gr
   almost never holds attention would otherwise make a 1 % wobble look like a huge deviation. Each |z| is clipped
   at Z_CLIP so that one feature cannot dominate; unusualness is the root mean square of the frame's z-scores.
 - off-road attention, in absolute terms: the frame's mask mass above the horizon plus at the image edges (the
-  `regions` statistic), divided by OFF_UNIT. A network that watches the roadside in most frames of a drive is
-  not unusual there, but it still looks off the road, and this part does not depend on the drive's habits.
+  `regions` statistic), in units of OFF_UNIT. A network that watches the roadside in many frames of a drive is
+  not unusual there, but it still looks off the road.
 
-The frame's score is the larger of the two: score = max(unusualness, offroad / OFF_UNIT). A frame is flagged when
-its score exceeds median(score) + K * 1.4826 * MAD(score) of its drive (K = 3), and at least MIN_THRESHOLD = 2, so
-that a very calm drive does not have its noise flagged (with OFF_UNIT = 0.1, no frame with less than 20 % of its
-mass off the road is flagged for that alone). Flagged frames of one source closer than GAP frames are merged into
-one event; an event's score is the sum over its frames of (score - threshold), so long, strong stretches rank first.
+Each part has its own threshold per drive, median + K * 1.4826 * MAD of that part's values (K = 3), and at least
+MIN_THRESHOLD = 2 (so a very calm drive does not have its noise flagged; with OFF_UNIT = 0.1 no frame with less
+than 20 % of its mask off the road is flagged for that part). A frame is flagged when either part exceeds its
+threshold. Its score, in the units of unusualness, is
+
+    score = max(unusualness, t_u + offroad / OFF_UNIT - t_o)
+
+(t_u, t_o: the drive's thresholds of the two parts): the unusualness, unless the off-road part lies further above
+its own threshold; a frame is flagged exactly when score > t_u, the drive's threshold. Flagged frames of one
+source closer than GAP frames are merged into one event; an event's score is the sum over its frames of
+(score - t_u), so long, strong stretches rank first.
 """
 from __future__ import annotations
 
@@ -81,9 +87,13 @@ def offroad(frames: dict) -> np.ndarray:
     return regions[:, [REGIONS.index(r) for r in OFF_ROAD]].sum(1)
 
 
-def score(x: np.ndarray, off: np.ndarray) -> np.ndarray:
-    """Per-frame anomaly score of one drive: its (N,F) feature matrix and (N,) off-road masses."""
-    return np.maximum(unusualness(x), np.asarray(off, np.float64) / OFF_UNIT)
+def score(x: np.ndarray, off: np.ndarray, k: float = K) -> tuple:
+    """Per-frame anomaly score of one drive from its (N,F) feature matrix and (N,) off-road masses; returns
+    (score, t_u, t_o): the score and the drive's thresholds of unusualness and of off-road mass / OFF_UNIT."""
+    u = unusualness(x)
+    o = np.asarray(off, np.float64) / OFF_UNIT
+    t_u, t_o = threshold(u, k), threshold(o, k)
+    return np.maximum(u, t_u + o - t_o), t_u, t_o
 
 
 def threshold(s: np.ndarray, k: float = K) -> float:
@@ -93,24 +103,24 @@ def threshold(s: np.ndarray, k: float = K) -> float:
 
 def analyse(frames: dict, k: float = K, gap: int = GAP) -> dict:
     """Scores, flags and ranked events over all sources of an audit. Events are rows into the per-frame arrays:
-    start, stop (exclusive), peak, source, score; ranked by score, best first; "offroad": the off-road masses."""
+    start, stop (exclusive), peak, source, score; ranked by score, best first. "thresholds": each source's t_u;
+    "offroad": the off-road masses, and "offroad_thresholds" each source's threshold on them (t_o * OFF_UNIT)."""
     x, names = features(frames)
     off = offroad(frames)
     source = np.asarray(frames["source"])
     scores = np.zeros(len(x))
     flagged = np.zeros(len(x), bool)
-    thresholds = {}
+    thresholds, off_thresholds = {}, {}
     events = []
     for src in np.unique(source):
         rows = np.flatnonzero(source == src)
-        s = score(x[rows], off[rows])
-        t = threshold(s, k)
+        s, t, t_off = score(x[rows], off[rows], k)
         scores[rows], flagged[rows] = s, s > t
-        thresholds[int(src)] = t
+        thresholds[int(src)], off_thresholds[int(src)] = t, t_off * OFF_UNIT
         events += _events(rows, s, t, np.asarray(frames["index"])[rows], gap, int(src))
     events.sort(key=lambda e: -e["score"])
     return {"score": scores.astype(np.float32), "flagged": flagged, "events": events, "features": names,
-            "thresholds": thresholds, "offroad": off.astype(np.float32)}
+            "thresholds": thresholds, "offroad": off.astype(np.float32), "offroad_thresholds": off_thresholds}
 
 
 def _events(rows, s, t, index, gap, src) -> list:

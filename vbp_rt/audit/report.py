@@ -136,13 +136,24 @@ def timeline_svg(pred, label, score, thr, events, width=1120, height=240) -> str
     return "".join(parts)
 
 
-def unusual(z_row, names, off: float, k=3) -> str:
-    """What makes a frame's score: its off-road mass when that part of the score is the larger, then the k
-    features that deviate most, with their z-scores."""
+def unusual(z_row, names, off: float, off_leads: bool, k=3) -> str:
+    """What makes a frame's score: its off-road mass when that part leads (anomaly.py), then the k features that
+    deviate most, with their z-scores."""
     order = np.argsort(-np.abs(z_row))[:k]
-    rms = float(np.sqrt(np.mean(np.clip(np.abs(z_row), 0, anomaly.Z_CLIP) ** 2)))
-    lead = [f"off the road {off:.0%}"] if off / anomaly.OFF_UNIT >= rms else []
+    lead = [f"off the road {off:.0%}"] if off_leads else []
     return ", ".join(lead + [f"{names[j]} {z_row[j]:+.1f}" for j in order])
+
+
+def offroad_leads(x: np.ndarray, off: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Per frame: whether the off-road part of the anomaly score lies further above its threshold than the
+    unusualness does above its own."""
+    lead = np.zeros(len(x), bool)
+    for src in np.unique(source):
+        rows = source == src
+        u = anomaly.unusualness(x[rows])
+        o = off[rows] / anomaly.OFF_UNIT
+        lead[rows] = o - anomaly.threshold(o) > u - anomaly.threshold(u)
+    return lead
 
 
 def cue_lines(check: dict) -> list:
@@ -178,8 +189,10 @@ def collect(out) -> dict:
     for src in np.unique(frames["source"]):
         rows = frames["source"] == src
         z[rows] = anomaly.robust_z(x[rows])
+    off = anomaly.offroad(frames)
     return {"attrs": attrs, "frames": frames, "score": score, "flagged": flagged, "thresholds": thresholds,
-            "events": events, "modes": modes, "z": z, "names": names, "offroad": anomaly.offroad(frames)}
+            "events": events, "modes": modes, "z": z, "names": names, "offroad": off,
+            "offroad_leads": offroad_leads(x, off, frames["source"])}
 
 
 def _name(spec) -> str:
@@ -242,7 +255,7 @@ def write(out) -> tuple[Path, Path]:
             peak = int(ev["peak"][r])
             src, idx = int(fr["source"][peak]), int(fr["index"][peak])
             first, last = int(fr["index"][ev["start"][r]]), int(fr["index"][ev["stop"][r] - 1])
-            why = unusual(d["z"][peak], d["names"], float(d["offroad"][peak]))
+            why = unusual(d["z"][peak], d["names"], float(d["offroad"][peak]), bool(d["offroad_leads"][peak]))
             thumb = thumbnail(images.image(src, idx), fr[primary][peak], h, w)
             body.append(f'<div class="card"><img src="{_png(thumb)}" width="{THUMB_WIDTH}"><b>#{r + 1}</b> '
                         f'{html.escape(_name(sources[src]))} frames {first}-{last} (peak {idx})<br>score '

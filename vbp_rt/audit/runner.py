@@ -201,7 +201,9 @@ def finish(out, config: dict, outcomes: list, engine: dict) -> Path:
         a.create_dataset("offroad", data=found["offroad"])
         a.attrs.update({"features": json.dumps(found["features"]), "k": anomaly.K, "gap": anomaly.GAP,
                         "thresholds": json.dumps(found["thresholds"]), "off_unit": anomaly.OFF_UNIT,
-                        "score": "max(rms robust z, offroad / off_unit)"})
+                        "offroad_thresholds": json.dumps(found["offroad_thresholds"]),
+                        "score": "max(u, t_u + offroad / off_unit - t_o); u: rms robust z; t_u, t_o: drive's "
+                                 "thresholds of u and of offroad / off_unit"})
         e = f.create_group("events")
         for key, dtype in (("source", "i2"), ("start", "i8"), ("stop", "i8"), ("peak", "i8"), ("score", "f4")):
             e.create_dataset(key, data=np.array([ev[key] for ev in found["events"]], dtype))

@@ -13,7 +13,8 @@ audit.h5 (format "vbp-rt-audit", version 1)::
         compact/<method> (N,16,64) float16, truth/<lane|distractor|cue> (N,) float32 (mask mass on a drive's
         ground truth; NaN where it has none), truth_area/<...> (N,) (that ground truth's share of the view)
     /anomaly           score (N,), flagged (N,) bool, offroad (N,) (mass above the horizon and at the edges),
-                       attributes features (JSON), k, gap, thresholds (JSON), off_unit, score (its formula)
+                       attributes features (JSON), k, gap, thresholds (JSON, per source), offroad_thresholds
+                       (JSON, per source, on the off-road mass), off_unit, score (its formula)
     /events            source, start, stop, peak (frame rows into /frames), score (area above the threshold)
     /modes             label (N,) int16, center (K,16,64), count (K,), examples (K,E) rows (-1 padded)
 """
