@@ -5,7 +5,9 @@ cache ($VBP_RT_CACHE in a temporary folder), "warm" is the next start with the s
 same model, as a user sees it. The operating system's file cache is warm in both (nothing here can drop it).
 Stages: interpreter (process start and exit around the measured code, from outside: spawning Python and, at exit,
 tearing torch down), imports (vbp_rt.runtime and the viewer pipeline), the Runtime's own `startup` (graph cache
-lookup, model load, ONNX export, session creation) and the first inference on a blank frame. The viewer's time to its first overlay is
+lookup, model load, ONNX export, session creation) and the first inference on a blank frame. torch is
+imported only on a cache miss or a torch backend, so a cold start's "load" includes importing torch and a warm
+onnxruntime start has none. The viewer's time to its first overlay is
 `vbp view VIDEO --headless --frames 1 --methods vbp`: from process start to its first overlay in the video
 writer (its summary's `first_overlay_s`), and to its exit.
 """
