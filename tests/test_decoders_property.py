@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tests.udacity_fixtures import frame, sim_log, sim_name
 from tests.viewer_helpers import camera_frame, write_drive, write_video
 from vbp_rt.data.images import CorruptImage, decode_image
-from vbp_rt.data.sources import BadFrame, iter_frames, open_source
+from vbp_rt.data.sources import iter_frames, open_source
 from vbp_rt.data.udacity import BadFrame as BadSample
 from vbp_rt.data.udacity_ingest import open_source as open_udacity
 
