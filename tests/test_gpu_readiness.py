@@ -379,3 +379,24 @@ def test_doctor_on_this_machine(tmp_path, capsys):
 def causes_here(report):
     from vbp_rt.cli.doctor import causes
     return causes(report["facts"], (report.get("cuda_graph") or {}).get("placement"))
+
+
+def test_cuda_libraries_preloaded_only_without_torch(monkeypatch):
+    """A cached graph starts without importing torch, so nothing has loaded CUDA/cuDNN for the CUDA provider:
+    the status check calls onnxruntime's preload_dlls first, and only then (torch loads its own otherwise)."""
+    calls = []
+    monkeypatch.setattr(sessions.ort, "preload_dlls", lambda *a, **k: calls.append((a, k)), raising=False)
+    monkeypatch.setattr(sessions.ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.delitem(sys.modules, "torch")
+    sessions.ort_cuda_status.cache_clear()
+    try:
+        sessions.ort_cuda_status()
+    finally:
+        sessions.ort_cuda_status.cache_clear()
+    assert calls == [((), {})]
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    assert sessions.preload_cuda_libraries() is False and len(calls) == 1
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delattr(sessions.ort, "preload_dlls")  # onnxruntime older than 1.21
+    assert sessions.preload_cuda_libraries() is False

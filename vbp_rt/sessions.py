@@ -152,13 +152,27 @@ def _probe_model() -> bytes:
     return m.SerializeToString()
 
 
+def preload_cuda_libraries() -> bool:
+    """Load the CUDA and cuDNN libraries the CUDA provider needs, as onnxruntime-gpu documents it, when torch
+    has not loaded them: `import torch` loads the ones of its CUDA build (from the nvidia-* packages), which the
+    provider then finds, but a cached graph runs without importing torch. `onnxruntime.preload_dlls()` (1.21+)
+    looks in the nvidia-* site packages, then the default library paths; a CPU build returns at once. True when
+    it was called."""
+    if "torch" in sys.modules or not hasattr(ort, "preload_dlls"):
+        return False
+    ort.preload_dlls()
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def ort_cuda_status() -> tuple:
     """(True, "") when an onnxruntime session really runs on CUDA, else (False, why). onnxruntime-gpu lists
     CUDA as available even where its libraries cannot load, and then silently runs on the CPU; `why` then
-    holds onnxruntime's own message (e.g. which shared library failed to load)."""
+    holds onnxruntime's own message (e.g. which shared library failed to load). Every CUDA session of the
+    engine is created after this check, so the libraries are loaded first (preload_cuda_libraries)."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False, f"this onnxruntime build has no CUDA provider (providers: {', '.join(ort.get_available_providers())})"
+    preload_cuda_libraries()
     so = ort.SessionOptions()
     so.log_severity_level = 3
 
