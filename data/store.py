@@ -70,6 +70,14 @@ class StoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         warn_stale(self.path, "store")
         self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+        self.file = None
+        try:  # an interruption (Ctrl-C, SIGTERM) before the `with` block starts must not leave the file behind
+            self._create(views, ground_truth, fps, source, chunk)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create(self, views, ground_truth, fps, source, chunk) -> None:
         self.file = h5py.File(self.tmp, "w-", libver="latest", rdcc_nbytes=CACHE_BYTES)
         f = self.file
         f.attrs.update({"format": FORMAT, "version": VERSION, "source": str(source),
@@ -136,7 +144,14 @@ class StoreWriter:
             self.bad_frames += int(count_or_reason)
 
     def close(self) -> Path:
-        """Finish the file (final attributes) and rename it to its destination."""
+        """Finish the file (final attributes) and rename it to its destination; interrupted here, it is aborted."""
+        try:
+            return self._finish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _finish(self) -> Path:
         self.file.close()
         with h5py.File(self.tmp, "r+") as f:
             f.attrs["preprocess"] = json.dumps(self.preprocess, sort_keys=True)
@@ -148,8 +163,10 @@ class StoreWriter:
 
     def abort(self) -> None:
         """Stop writing; keep the partial file when it holds frames and `keep_partial` (and say so), else remove it."""
-        if self.file.id.valid:
+        if self.file is not None and self.file.id.valid:
             self.file.close()
+        if not self.tmp.exists():  # finished and renamed, or never created
+            return
         if self.count and self.keep_partial:
             print(f"store: write to {self.path} interrupted; {self.count} frames kept in {self.tmp}",
                   file=sys.stderr)

@@ -196,3 +196,27 @@ def test_cut_store_is_one_clear_error(tmp_path, keep):
     cut.write_bytes(data[:keep])
     with pytest.raises(ValueError, match="cut.h5 is a truncated or corrupt HDF5 store"):
         StoreReader(cut)
+
+
+@pytest.mark.parametrize("where", ["setup", "rename"])
+def test_an_interruption_outside_the_with_block_leaves_nothing(tmp_path, monkeypatch, where):
+    """Ctrl-C or SIGTERM (raised as KeyboardInterrupt) while the writer creates its file, before the `with` block
+    runs, or while close() renames it, leaves neither a .partial file nor a half-written destination."""
+    out = tmp_path / "s.h5"
+    if where == "setup":
+        def interrupted(*a, **k):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(h5py.Group, "create_group", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            StoreWriter(out, [VIEWS["svf"]], source="t")
+    else:
+        w = StoreWriter(out, [VIEWS["svf"]], source="t", keep_partial=False)
+        v = VIEWS["svf"]
+        w.append({"svf": np.zeros((1, v.height, v.width), np.uint8)}, [0.0], [10.0], [0.0], [0])
+
+        def interrupted(*a, **k):
+            raise KeyboardInterrupt
+        monkeypatch.setattr("vbp_rt.data.store.os.replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
