@@ -1,4 +1,4 @@
-"""`vbp data synth` and `vbp data udacity`: write driving data into the HDF5 store (docs/data.md)."""
+"""`vbp data synth`, `vbp data screen` and `vbp data udacity`: driving data for the HDF5 store (docs/data.md)."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="SOURCE")
     dsub.required = True
     _add_synth(dsub)
+    _add_screen(dsub)
     _add_udacity(dsub)
     p.set_defaults(func=lambda args: args.data_func(args))
 
@@ -75,6 +76,47 @@ def run_synth(args) -> int:
     summary = write_synth(Path(args.out), options, views=args.views, height=args.height, video=args.video)
     print(f"vbp data synth: {summary['frames']} frames -> {args.out}" + (f" and {args.video}" if args.video else "")
           + f" ({summary['fps']:.1f} frames/s)")
+    return 0
+
+
+def _add_screen(dsub) -> None:
+    p = dsub.add_parser(
+        "screen", help="list synthetic drive seeds by their steering labels (e.g. those with sharp curves)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Simulate the road and driver of `vbp data synth --seed S --frames N` without rendering "
+                    "(thousands of frames/s; the labels equal the store's) and print, one per line, the seeds "
+                    "whose drive has at least --min-frames labels beyond +-DEGREES. A summary goes to stderr; "
+                    "--table prints every seed's counts instead.",
+        epilog="example: for s in $(vbp data screen --seeds 125-699 --frames 400 --beyond 40 --min-frames 60); "
+               "do vbp data synth --frames 400 --seed $s --out sharp_s$s.h5; done")
+    p.add_argument("--seeds", required=True, help="seeds to look at, e.g. 125-699 or 11,12,90417")
+    p.add_argument("--frames", type=int, default=600, help="frames per drive (as for vbp data synth)")
+    p.add_argument("--beyond", type=float, default=40.0, metavar="DEGREES", help="label threshold, degrees")
+    p.add_argument("--min-frames", type=int, default=1, help="frames beyond the threshold a seed needs")
+    p.add_argument("--exclude", default="", help="seeds never to list (e.g. validation and test drives)")
+    p.add_argument("--table", action="store_true", help="print seed, frames beyond, mean and peak label of every seed")
+    p.set_defaults(data_func=run_screen)
+
+
+def run_screen(args) -> int:
+    from .screen import screen
+    from .seeds import parse_seeds
+
+    if args.frames < 1 or args.min_frames < 0 or not args.beyond >= 0:
+        raise ValueError("--frames must be >= 1, --min-frames >= 0 and --beyond >= 0")
+    excluded = set(parse_seeds(args.exclude)) if args.exclude.strip() else set()
+    seeds = [s for s in parse_seeds(args.seeds) if s not in excluded]
+    rows = screen(seeds, args.frames, args.beyond)
+    chosen = [r for r in rows if r.beyond >= args.min_frames]
+    if args.table:
+        print("seed,frames_beyond,mean_deg,peak_deg")
+        for r in rows:
+            print(f"{r.seed},{r.beyond},{r.mean:.2f},{r.peak:.2f}")
+    else:
+        for r in chosen:
+            print(r.seed)
+    print(f"vbp data screen: {len(chosen)} of {len(rows)} seeds have >= {args.min_frames} of {args.frames} "
+          f"frames beyond +-{args.beyond:g} deg", file=sys.stderr)
     return 0
 
 

@@ -81,14 +81,18 @@ def _smooth_series(rng, n, periods, amplitude):
     return amplitude * out / len(periods)
 
 
+def road_and_driver(o: SynthOptions) -> tuple:
+    """The road of drive `o` and its driver at the start: what decides the steering labels."""
+    road = Road(o.frames * 26.0 / o.fps + AHEAD + 200, o.seed, shadows=o.shadows, crossings_per_km=o.crossings_per_km)
+    return road, Driver(road, o.seed, o.fps)
+
+
 class Drive:
     """Iterates the frames of one synthetic drive."""
 
     def __init__(self, options: SynthOptions):
         o = self.options = options
-        length = o.frames * 26.0 / o.fps + AHEAD + 200
-        self.road = Road(length, o.seed, shadows=o.shadows, crossings_per_km=o.crossings_per_km)
-        self.driver = Driver(self.road, o.seed, o.fps)
+        self.road, self.driver = road_and_driver(o)
         self.traffic = Traffic(self.road, o.seed, o.cars)
         self.painter = GroundPainter(self.road, o.seed)
         self.camera = Camera()
@@ -180,7 +184,7 @@ class Drive:
         if self.cue is not None and (board := self.cue.board(i, state.s)) is not None:
             self.cue.paint(image, board)
             self.boards[i] = board
-        return SynthFrame(i, image, masks,  angle=float(np.degrees(state.delta) * STEERING_RATIO),
+        return SynthFrame(i, image, masks,  angle=self.driver.wheel_angle_deg,
                           speed=float(state.v))
 
     def _draw_sky(self, image, v0, horizon, heading):

@@ -73,15 +73,6 @@ def test_evaluate_finds_a_known_bias_per_drive(tmp_path):
     assert result["all"]["median_ratio"] == pytest.approx(np.median([r["ratio"] for r in result["drives"]]))
 
 
-def test_seed_lists():
-    assert drives.parse_seeds("1001-1003,7") == [1001, 1002, 1003, 7]
-    assert drives.is_seed_list("11, 12") and not drives.is_seed_list("drive.h5")
-    with pytest.raises(ValueError, match="backwards"):
-        drives.parse_seeds("5-3")
-    with pytest.raises(ValueError, match="seeds like"):
-        drives.parse_seeds("a-b")
-
-
 def test_train_eval_command_writes_table_csv_plot_and_refuses_to_overwrite(tmp_path, capsys):
     paths = [make_store(tmp_path / f"d{i}.h5", frames=40, seed=i) for i in range(2)]
     model = build("nethvf", height=HEIGHT, channels=(4, 4), strides=(), fc=(8,))

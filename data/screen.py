@@ -1,0 +1,42 @@
+"""`vbp data screen`: pick synthetic drives by their steering labels without rendering them.
+
+The labels of a drive depend on its road and driver only (data.synth.road_and_driver), so they can be
+simulated at thousands of frames per second; rendering the same drive runs at tens. This finds, for
+example, the seeds whose first 400 frames hold a sharp curve, to add them to a training set.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from .synth import SynthOptions, road_and_driver
+
+
+def drive_labels(options: SynthOptions) -> np.ndarray:
+    """The steering labels (degrees, + left) `vbp data synth` writes for these options, one per frame."""
+    _, driver = road_and_driver(options)
+    out = np.empty(options.frames)
+    for i in range(options.frames):
+        driver.step()
+        out[i] = driver.wheel_angle_deg
+    return out
+
+
+@dataclass
+class Screened:
+    seed: int
+    beyond: int  # frames with |label| > the threshold
+    mean: float  # mean label, degrees
+    peak: float  # largest |label|, degrees
+
+
+def screen(seeds, frames: int, threshold: float, progress: bool = True) -> list:
+    """Screened rows for each seed: how many of its `frames` labels lie beyond +-threshold degrees."""
+    rows = []
+    for seed in tqdm(list(seeds), desc="screen", unit="seed", disable=not progress, file=sys.stderr):
+        a = drive_labels(SynthOptions(frames=frames, seed=seed))
+        rows.append(Screened(seed, int(np.sum(np.abs(a) > threshold)), float(a.mean()), float(np.abs(a).max())))
+    return rows
