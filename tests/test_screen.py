@@ -60,3 +60,16 @@ def test_seed_lists():
         parse_seeds("5-3")
     with pytest.raises(ValueError, match="seeds like"):
         parse_seeds("a-b")
+
+
+def test_a_closed_pipe_stops_quietly(monkeypatch, capsys):
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", Gone())
+    assert cli.main(["data", "screen", "--seeds", "0-2", "--frames", "5", "--beyond", "0", "--table"]) == 141
+    assert "error" not in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -61,6 +62,14 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def _silence_stdout() -> None:
+    """Point stdout at the null device so that the interpreter's last flush does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real file (captured output)
+        pass
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
@@ -68,6 +77,9 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if handled else None
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (`vbp data screen ... | head`): stop quietly, as shell tools do
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE
     except (ValueError, OSError, MissingExtra) as e:
         print(f"vbp {args.command}: error: {e}", file=sys.stderr)
         return 2
