@@ -28,10 +28,15 @@ def _views(text: str) -> list[str]:
     return names
 
 
+def _subcommand(dsub, name: str, help: str, description: str, **kw):
+    """A `vbp data` subcommand whose --help shows every option's default."""
+    return dsub.add_parser(name, help=help, description=description,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+
+
 def _add_synth(dsub) -> None:
-    p = dsub.add_parser(
-        "synth", help="generate a synthetic drive with ground-truth lane/distractor masks",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _subcommand(
+        dsub, "synth", help="generate a synthetic drive with ground-truth lane/distractor masks",
         description="Drive a procedural road (straights, curves both ways, lane markings, stop lines, crosswalks, "
                     "shadows, other cars, lighting changes) with a forward 640x480 camera at 20 frames/s and write "
                     "each frame's views, steering wheel angle (degrees, + left), speed and ground-truth masks "
@@ -80,9 +85,8 @@ def run_synth(args) -> int:
 
 
 def _add_screen(dsub) -> None:
-    p = dsub.add_parser(
-        "screen", help="list synthetic drive seeds by their steering labels (e.g. those with sharp curves)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _subcommand(
+        dsub, "screen", help="list synthetic drive seeds by their steering labels (e.g. those with sharp curves)",
         description="Simulate the road and driver of `vbp data synth --seed S --frames N` without rendering "
                     "(thousands of frames/s; the labels equal the store's) and print, one per line, the seeds "
                     "whose drive has at least --min-frames labels beyond +-DEGREES. A summary goes to stderr; "
@@ -121,9 +125,8 @@ def run_screen(args) -> int:
 
 
 def _add_udacity(dsub) -> None:
-    p = dsub.add_parser(
-        "udacity", help="ingest Udacity driving data (ROS1 bags, bagdump folders, simulator logs, comma.ai)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _subcommand(
+        dsub, "udacity", help="ingest Udacity driving data (ROS1 bags, bagdump folders, simulator logs, comma.ai)",
         description="Synchronise one camera's frames (the centre camera by default) with steering and speed "
                     "(interpolated to each image's timestamp, never across a gap of more than 1 s), keep frames "
                     "faster than --min-speed, convert to gray, crop and scale to each view. SOURCE: a .bag file "

@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from vbp_rt.data.seeds import parse_seeds
     from vbp_rt.files import atomic_write
 
     from . import drives, steering_eval
@@ -45,7 +46,7 @@ def run(args) -> int:
         raise ValueError(f"{out} already holds {', '.join(earlier)}; use --force to replace them or choose another --out")
     items = list(args.drives) + ([args.seeds] if args.seeds else [])
     if args.seeds:
-        drives.parse_seeds(args.seeds)
+        parse_seeds(args.seeds)
     if not items:
         raise ValueError("give at least one DRIVE or --seeds")
     paths = drives.resolve(items, args.frames, args.drives_dir)
