@@ -424,4 +424,4 @@ def _header(args, s, store_label, frames: Frames, n, pairs, t0) -> str:
 
 FOOTER = ("Masks are compared as displayed (each method's `mask`, in [0,1]). The sign-classifier table (Chen et "
           "al.'s top-5 agreement) uses its own synthetic signs and model (`--sign-model`, `--sign-images`; "
-          "vbp_rt/eval_signs.py).\n")
+          "vbp_rt/evaluation/signs.py).\n")
