@@ -6,7 +6,8 @@ import json
 import os
 
 DEFAULTS = dict(epochs=32, batch_size=32, lr=5e-3, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
-                height=135, checkpoint_minutes=10.0, flip=0.0, bf16=False, optimizer="sgd", warmup=0.0)
+                height=135, checkpoint_minutes=10.0, flip=0.0, bf16=False, optimizer="sgd", warmup=0.0,
+                label_balance=0.0)
 
 
 def add_parser(sub) -> None:
@@ -63,6 +64,10 @@ def add_parser(sub) -> None:
                         "with AMX or AVX-512 BF16 (validation stays float32; default off)")
     p.add_argument("--init", metavar="MODEL", help="start from this model's weights (a shipped name such as netsvf, or "
                                                    "a checkpoint of the same network) instead of random ones")
+    p.add_argument("--label-balance", type=float, metavar="ALPHA",
+                   help="weigh each frame's squared error by (share of training frames in its 5-degree |angle| bin)"
+                        " ** -ALPHA, normalised to mean 1 and capped at 10, so sharp curves count against the many "
+                        "straight frames (default 0: plain MSE; 0.5: square-root inverse frequency)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     p.set_defaults(func=run)
 
@@ -84,7 +89,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.resume:
         fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "val", "snapshots",
-                             "probes", "seed", "height", "net", "checkpoint_minutes", "init", "optimizer", "warmup")
+                             "probes", "seed", "height", "net", "checkpoint_minutes", "init", "optimizer", "warmup",
+                             "label_balance")
                  if getattr(args, o) not in (None, [])]
         if args.overwrite:
             fixed.append("overwrite")

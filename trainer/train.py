@@ -30,6 +30,7 @@ from vbp_rt.dispatch import explain
 from vbp_rt.models import ConvNet, build, read_checkpoint, resolve_model_path, save_checkpoint
 
 from . import distributed
+from .balance import LabelBalance
 from .drives import drive_name
 from .runlog import RunLogReader, RunLogWriter
 
@@ -64,6 +65,7 @@ class TrainConfig:
     bf16: bool = False  # training forward pass under bfloat16 autocast (validation and snapshots stay float32)
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (torch's defaults besides lr; momentum unused)
     warmup: float = 0.0  # epochs (fractional) over which the learning rate rises linearly from ~0 to lr
+    label_balance: float = 0.0  # weigh each frame's squared error by its |label| bin's share ** -label_balance
 
     @property
     def stores(self) -> list:
@@ -96,6 +98,9 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; vbp train knows {', '.join(OPTIMIZERS)}")
         if not (math.isfinite(self.warmup) and self.warmup >= 0):
             raise ValueError(f"--warmup is a number of epochs >= 0, got {self.warmup}")
+        if not (math.isfinite(self.label_balance) and 0 <= self.label_balance <= 1):
+            raise ValueError(f"--label-balance is an exponent in [0, 1] (0.5: square-root inverse frequency), "
+                             f"got {self.label_balance}")
         if self.lr <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
 
@@ -281,8 +286,9 @@ class Trainer:
                           for (path, split), offset in zip(val_sets, self.val_data.offsets)]
         self.val_idx = np.concatenate(self.val_parts)
         self.val_names = unique_names([drive_name(path) for path, _ in val_sets])
+        angles = self.train_data.angles(self.train_idx)
+        self.balance = LabelBalance(angles, cfg.label_balance) if cfg.label_balance > 0 else None
         if resume is None:
-            angles = self.train_data.angles(self.train_idx)
             self.target = {"mean": float(angles.mean()), "std": float(angles.std()) or 1.0}
             if cfg.init:
                 self.model.load_state_dict(initial_weights(cfg.init, self.model, self.target))
@@ -416,9 +422,11 @@ class Trainer:
                 y = (angles.to(ctx.device).unsqueeze(1) - self.target["mean"]) / self.target["std"]
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     out = self.net(x)
-                loss = torch.nn.functional.mse_loss(out.float(), y)
+                squared = (out.float() - y) ** 2
+                loss = squared.mean()  # reported: the plain MSE, weighted or not
+                weighted = loss if self.balance is None else (self.balance(angles)[:, None] * squared).mean()
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                weighted.backward()
                 for group in self.opt.param_groups:
                     group["lr"] = cfg.lr * warmup_factor(self.pos["step"], self.warmup_steps)
                 self.opt.step()
