@@ -41,7 +41,8 @@ def test_a_lone_frame_is_capped():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(-120, 120, width=32), min_size=1, max_size=300), st.floats(0, 1))
+@given(st.lists(st.floats(-120, 120, width=32, allow_subnormal=False), min_size=1, max_size=300),
+       st.floats(0, 1, allow_subnormal=False))
 def test_weights_have_mean_one_on_the_training_labels_unless_capped(labels, alpha):
     angles = np.asarray(labels, np.float32)
     balance = LabelBalance(angles, alpha)
