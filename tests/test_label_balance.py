@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vbp_rt.trainer.balance import CAP, LabelBalance
-from vbp_rt.trainer.train import TrainConfig, train
+from vbp_rt.trainer.train import FrameDataset, TrainConfig, check_store, train
 
 from vbp_rt.cli import main
 
@@ -60,7 +60,7 @@ def test_weights_have_mean_one_on_the_training_labels_unless_capped(labels, alph
     assert np.all(np.diff(w.numpy()[order]) <= 1e-6)
 
 
-def _recording_losses(monkeypatch) -> list:
+def _recording_weights(monkeypatch) -> list:
     """(labels, weights) of every batch the trainer weighs."""
     from vbp_rt.trainer import balance as balance_module
     seen = []
@@ -76,12 +76,11 @@ def _recording_losses(monkeypatch) -> list:
 
 def test_training_weighs_each_frame_by_its_bin(tmp_path, monkeypatch):
     store = make_store(tmp_path / "drive.h5", frames=60)
-    seen = _recording_losses(monkeypatch)
+    seen = _recording_weights(monkeypatch)
     opts = dict(epochs=1, batch_size=4, lr=1e-3, workers=0, probes=2, height=HEIGHT, net=TINY_NET, snapshots=())
     train(TrainConfig(store=str(store), arch="nethvf", out=str(tmp_path / "w"), label_balance=0.5, flip=0.5, **opts))
     monkeypatch.undo()
     assert len(seen) == 13  # every step of the epoch, on its (mirrored) labels
-    from vbp_rt.trainer.train import FrameDataset, check_store
     data = FrameDataset([str(store)], "hvf")
     train_angles = data.angles(check_store(str(store), "train", "hvf", HEIGHT, 351, 4)).astype(np.float32)
     reference = LabelBalance(train_angles, 0.5)

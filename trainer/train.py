@@ -286,7 +286,7 @@ class Trainer:
                           for (path, split), offset in zip(val_sets, self.val_data.offsets)]
         self.val_idx = np.concatenate(self.val_parts)
         self.val_names = unique_names([drive_name(path) for path, _ in val_sets])
-        angles = self.train_data.angles(self.train_idx)
+        angles = self.train_data.angles(self.train_idx) if resume is None or cfg.label_balance > 0 else None
         self.balance = LabelBalance(angles, cfg.label_balance) if cfg.label_balance > 0 else None
         if resume is None:
             self.target = {"mean": float(angles.mean()), "std": float(angles.std()) or 1.0}
