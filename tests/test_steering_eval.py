@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.trainer_helpers import HEIGHT, make_store
 from vbp_rt.cli import main
@@ -42,6 +44,43 @@ def test_worst_stretch_is_located():
 def test_worst_stretch_of_a_short_drive_is_the_whole_drive():
     w = steering_eval.worst_stretch(np.ones(30), np.zeros(30), 100)
     assert (w["start"], w["stop"], w["rmse"]) == (0, 30, 1.0)
+
+
+def test_bias_by_label_bins_each_frame_once_with_closed_lower_edges():
+    label = np.array([-95.0, -60, -55, -30, -10, 0, 9.99, 10, 30, 55, 60, 95])
+    err = np.arange(1.0, 13.0)  # frame i is off by i + 1 degrees
+    rows = steering_eval.bias_by_label({"series": {"a": (label + err, label)}}, edges=(10, 55))
+    assert [(r["lo"], r["hi"]) for r in rows] == [(None, -55), (-55, -10), (-10, 10), (10, 55), (55, None)]
+    # by hand: < -55: -95, -60 | -55 to -10: -55, -30 | -10 to 10: -10, 0, 9.99 | 10 to 55: 10, 30 | >= 55: 55, 60, 95
+    assert [r["frames"] for r in rows] == [2, 2, 3, 2, 3]
+    assert [r["bias"] for r in rows] == pytest.approx([1.5, 3.5, 6.0, 8.5, 11.0])
+    assert rows[4]["drives"] == {"a": {"frames": 3, "bias": pytest.approx(11.0)}}
+
+
+def test_bias_by_label_pools_drives_and_lists_each_only_where_it_has_frames():
+    a = (np.array([-70.0, 0.0]) + [4.0, 0.0], np.array([-70.0, 0.0]))
+    b = (np.array([0.0, 0.0, 1.0]) - 2.0, np.array([0.0, 0.0, 1.0]))
+    rows = steering_eval.bias_by_label({"series": {"a": a, "b": b}})
+    sharp_left, straight = rows[0], rows[4]
+    assert sharp_left["frames"] == 1 and sharp_left["drives"] == {"a": {"frames": 1, "bias": pytest.approx(4.0)}}
+    assert straight["frames"] == 4 and straight["bias"] == pytest.approx((0.0 - 2 - 2 - 2) / 4)
+    assert [r["bias"] for r in rows if not r["frames"]] == [None] * 7
+
+
+@given(st.lists(st.tuples(st.floats(-120, 120, allow_subnormal=False), st.floats(-30, 30, allow_subnormal=False)),
+                min_size=1, max_size=60))
+def test_bias_by_label_partitions_the_frames(pairs):
+    label, err = np.array(pairs).T
+    rows = steering_eval.bias_by_label({"series": {"d": (label + err, label)}})
+    assert sum(r["frames"] for r in rows) == len(label)
+    pooled = sum(r["bias"] * r["frames"] for r in rows if r["frames"]) / len(label)
+    assert pooled == pytest.approx(np.mean((label + err) - label), abs=1e-9)
+
+
+@pytest.mark.parametrize("edges", [(), (10, 10), (25, 10), (0, 10), (-5, 10), (10, float("inf"))])
+def test_label_bins_refuse_bad_edges(edges):
+    with pytest.raises(ValueError, match="positive and increasing"):
+        steering_eval.label_bins(edges)
 
 
 class Biased(torch.nn.Module):
@@ -91,6 +130,16 @@ def test_train_eval_command_writes_table_csv_plot_and_refuses_to_overwrite(tmp_p
     with StoreReader(paths[1]) as r:
         assert float(frames[40]["label"]) == pytest.approx(float(r.angle[0]), abs=1e-4)
     assert (out / "steering.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_label = saved["by_label"]
+    assert sum(b["frames"] for b in by_label) == 80 and by_label[0]["lo"] is None and by_label[-1]["hi"] is None
+    labels = np.array([float(f["label"]) for f in frames])
+    errors = np.array([float(f["prediction"]) for f in frames]) - labels
+    for b in by_label:
+        m = (labels >= (b["lo"] if b["lo"] is not None else -np.inf)) & (labels < (b["hi"] if b["hi"] is not None else np.inf))
+        assert b["frames"] == m.sum()
+        if m.any():  # the table agrees with the frames file, to its 4 decimals
+            assert b["bias"] == pytest.approx(errors[m].mean(), abs=1e-3)
+            assert f"{b['bias']:+.2f} ({b['frames']})" in md
     before = (out / "steering.md").read_bytes()
     capsys.readouterr()
     assert main(args) == 2
@@ -103,6 +152,10 @@ def test_train_eval_bad_inputs(tmp_path, capsys):
     assert "missing.h5 does not exist" in capsys.readouterr().err
     assert main(["train-eval", "netsvf", "--out", str(tmp_path / "o")]) == 2
     assert "at least one DRIVE or --seeds" in capsys.readouterr().err
+    assert main(["train-eval", "netsvf", "--seeds", "3", "--label-bins", "10,x", "--out", str(tmp_path / "o")]) == 2
+    assert "--label-bins takes degrees" in capsys.readouterr().err
+    assert main(["train-eval", "netsvf", "--seeds", "3", "--label-bins", "40,10", "--out", str(tmp_path / "o")]) == 2
+    assert "positive and increasing" in capsys.readouterr().err
     assert main(["train-eval", "netsvf", "--seeds", "x", "--out", str(tmp_path / "o")]) == 2
     assert "seeds like" in capsys.readouterr().err
     make_store(tmp_path / "h.h5", frames=10)  # hvf only

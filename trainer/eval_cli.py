@@ -12,7 +12,9 @@ def add_parser(sub) -> None:
         "train-eval", help="steering accuracy of a model on several drives (table and plot)",
         description="Measure a steering model on several drives: per drive and over all of them the RMSE, the "
                     "RMSE of always predicting 0 and the ratio of the two, the mean error (bias, prediction minus "
-                    "label), the correlation and the worst stretch of --window frames. Writes OUT/steering.md, "
+                    "label), the correlation and the worst stretch of --window frames; and the mean error per label "
+                    "bin (--label-bins), pooled and per drive, which shows under-steer in sharp curves that a "
+                    "small drive-wide bias hides. Writes OUT/steering.md, "
                     ".csv, .json, every frame's label and prediction (steering_frames.csv) and a plot of "
                     "prediction against label over time (steering.png).",
         epilog="example: vbp train-eval netsvf --seeds 1001-1008 --frames 600 --out eval/netsvf")
@@ -24,6 +26,9 @@ def add_parser(sub) -> None:
                                                           "reused (default ./drives)")
     p.add_argument("--out", required=True, help="output folder for the table and the plot")
     p.add_argument("--window", type=int, default=100, help="frames in a stretch (default 100, 5 s)")
+    p.add_argument("--label-bins", default="10,25,40,55", metavar="DEGREES",
+                   help="|label| edges of the mean-error-per-label table, mirrored for left and right "
+                        "(default 10,25,40,55: bins below -55, -55 to -40, ..., 55 and above)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
     p.add_argument("--force", action="store_true", help="replace the results of an earlier run in OUT")
@@ -44,6 +49,11 @@ def run(args) -> int:
     earlier = [f for f in FILES if (out / f).exists()]
     if earlier and not args.force:
         raise ValueError(f"{out} already holds {', '.join(earlier)}; use --force to replace them or choose another --out")
+    try:
+        edges = [float(x) for x in args.label_bins.split(",")]
+    except ValueError:
+        raise ValueError(f"--label-bins takes degrees separated by commas, e.g. 10,25,40,55; got {args.label_bins!r}") from None
+    steering_eval.label_bins(edges)  # refuse bad edges before the drives are read
     items = list(args.drives) + ([args.seeds] if args.seeds else [])
     if args.seeds:
         parse_seeds(args.seeds)
@@ -52,11 +62,13 @@ def run(args) -> int:
     paths = drives.resolve(items, args.frames, args.drives_dir)
     result = steering_eval.evaluate(args.model, paths, args.batch_size, args.window)
     title = f"{args.model} on {len(paths)} drives"
-    table = steering_eval.markdown(result, title=f"Steering accuracy of {args.model}")
+    table = steering_eval.markdown(result, title=f"Steering accuracy of {args.model}", edges=edges)
     atomic_write(out / "steering.md", table.encode())
     atomic_write(out / "steering.csv", steering_eval.csv_text(result).encode())
     atomic_write(out / "steering.json", json.dumps({"model": str(args.model), "drives": result["drives"],
-                                                    "all": result["all"]}, indent=2).encode())
+                                                    "all": result["all"],
+                                                    "by_label": steering_eval.bias_by_label(result, edges)},
+                                                   indent=2).encode())
     atomic_write(out / "steering_frames.csv", steering_eval.frames_csv(result).encode())
     if not args.no_plot:
         tmp = out / ".steering.tmp.png"

@@ -3,8 +3,9 @@
 Per drive: RMSE, RMSE of always predicting 0 and their ratio, mean error (bias, prediction minus
 label), correlation, mean label and prediction, and the worst stretch of `window` consecutive frames
 (highest RMSE). Over all drives: the same on the pooled frames, plus the median and worst per-drive
-ratio and the largest |bias|. `vbp train-eval` writes them as Markdown and CSV and plots prediction
-against label over time.
+ratio and the largest |bias|. Per label bin (pooled and per drive): the mean error, which shows a model
+that under-steers sharp curves while its drive-wide bias looks small. `vbp train-eval` writes them as
+Markdown and CSV and plots prediction against label over time.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from vbp_rt.models import load_model, to_input
 from .drives import drive_name
 
 WINDOW = 100  # frames in a "stretch" (5 s at 20 frames/s)
+LABEL_EDGES = (10.0, 25.0, 40.0, 55.0)  # |label| bin edges in degrees, mirrored for negative labels
 
 
 @torch.no_grad()
@@ -91,6 +93,56 @@ def evaluate(model, stores, batch_size: int = 32, window: int = WINDOW) -> dict:
     return {"drives": rows, "all": pooled, "series": series}
 
 
+def label_bins(edges=LABEL_EDGES) -> list:
+    """(lo, hi) label bins in degrees from positive |label| edges, mirrored and open at both ends: edges
+    10, 55 give (-inf, -55), [-55, -10), [-10, 10), [10, 55), [55, inf)."""
+    e = [float(x) for x in edges]
+    if not e or any(x <= 0 or not math.isfinite(x) for x in e) or any(b <= a for a, b in zip(e, e[1:])):
+        raise ValueError(f"label bin edges must be positive and increasing, got {edges}")
+    bounds = [-math.inf] + [-x for x in reversed(e)] + e + [math.inf]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def bias_by_label(result: dict, edges=LABEL_EDGES) -> list:
+    """Mean error (prediction - label) per label bin, pooled and per drive: [{"lo", "hi", "frames", "bias",
+    "drives": {name: {"frames", "bias"}}}]; "lo"/"hi" are None where the bin is open, "bias" None where
+    it holds no frame, and a drive is listed only in the bins where it has frames."""
+    rows = []
+    for lo, hi in label_bins(edges):
+        row = {"lo": None if math.isinf(lo) else lo, "hi": None if math.isinf(hi) else hi, "drives": {}}
+        errs = []
+        for name, (pred, label) in result["series"].items():
+            label = np.asarray(label, np.float64)
+            m = (label >= lo) & (label < hi)
+            if m.any():
+                err = np.asarray(pred, np.float64)[m] - label[m]
+                row["drives"][name] = {"frames": int(m.sum()), "bias": float(err.mean())}
+                errs.append(err)
+        pooled = np.concatenate(errs) if errs else np.zeros(0)
+        row.update(frames=len(pooled), bias=float(pooled.mean()) if len(pooled) else None)
+        rows.append(row)
+    return rows
+
+
+def _bin_name(row) -> str:
+    lo = "" if row["lo"] is None else f"{row['lo']:+g}"
+    hi = "" if row["hi"] is None else f"{row['hi']:+g}"
+    return f"< {hi}" if not lo else f">= {lo}" if not hi else f"{lo} to {hi}"
+
+
+def by_label_markdown(rows: list, drives: list) -> str:
+    """The per-bin mean error as a Markdown table: "mean error (frames)" per drive and pooled."""
+    def cell(d):
+        return f"{d['bias']:+.2f} ({d['frames']})" if d else ""
+
+    lines = ["| label (deg) | " + " | ".join(drives) + " | all |", "|" + "---|" * (len(drives) + 2)]
+    for row in rows:
+        if row["frames"]:
+            lines.append(f"| {_bin_name(row)} | " + " | ".join(cell(row["drives"].get(d)) for d in drives)
+                         + f" | {cell(row)} |")
+    return "\n".join(lines) + "\n"
+
+
 COLUMNS = (("drive", "drive", "{}"), ("frames", "frames", "{}"), ("rmse", "RMSE (deg)", "{:.2f}"),
            ("zero_rmse", "zero predictor (deg)", "{:.2f}"), ("ratio", "ratio", "{:.3f}"),
            ("bias", "bias (deg)", "{:+.2f}"), ("corr", "correlation", "{:.3f}"),
@@ -104,15 +156,17 @@ def table_rows(result: dict) -> list:
     return result["drives"] + [{"drive": "all", **result["all"]}]
 
 
-def markdown(result: dict, title: str = "") -> str:
+def markdown(result: dict, title: str = "", edges=LABEL_EDGES) -> str:
     head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     lines = ([f"{title}", ""] if title else []) + [head, "|" + "---|" * len(COLUMNS)]
     for row in table_rows(result):
         lines.append("| " + " | ".join(f.format(row[k]) for k, _, f in COLUMNS) + " |")
     a = result["all"]
     lines += ["", f"{a['drives']} drives: median ratio {a['median_ratio']:.3f}, worst ratio {a['max_ratio']:.3f}, "
-                  f"largest |bias| {a['max_abs_bias']:.2f} deg (the \"all\" row pools every frame)."]
-    return "\n".join(lines) + "\n"
+                  f"largest |bias| {a['max_abs_bias']:.2f} deg (the \"all\" row pools every frame).",
+              "", "Mean error (prediction - label, deg) per label bin, with its frames:", ""]
+    return "\n".join(lines) + "\n" + by_label_markdown(bias_by_label(result, edges),
+                                                       [r["drive"] for r in result["drives"]])
 
 
 def csv_text(result: dict) -> str:
