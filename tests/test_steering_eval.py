@@ -135,7 +135,8 @@ def test_train_eval_command_writes_table_csv_plot_and_refuses_to_overwrite(tmp_p
     labels = np.array([float(f["label"]) for f in frames])
     errors = np.array([float(f["prediction"]) for f in frames]) - labels
     for b in by_label:
-        m = (labels >= (b["lo"] if b["lo"] is not None else -np.inf)) & (labels < (b["hi"] if b["hi"] is not None else np.inf))
+        lo, hi = (-np.inf if b["lo"] is None else b["lo"]), (np.inf if b["hi"] is None else b["hi"])
+        m = (labels >= lo) & (labels < hi)
         assert b["frames"] == m.sum()
         if m.any():  # the table agrees with the frames file, to its 4 decimals
             assert b["bias"] == pytest.approx(errors[m].mean(), abs=1e-3)
