@@ -7,7 +7,7 @@ import os
 
 DEFAULTS = dict(epochs=32, batch_size=32, lr=5e-3, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
                 height=135, checkpoint_minutes=10.0, flip=0.0, bf16=False, optimizer="sgd", warmup=0.0,
-                label_balance=0.0)
+                label_balance=0.0, freeze_features=False)
 
 
 def add_parser(sub) -> None:
@@ -68,6 +68,11 @@ def add_parser(sub) -> None:
                    help="weigh each frame's squared error by (share of training frames in its 5-degree |angle| bin)"
                         " ** -ALPHA, normalised to mean 1 and capped at 10, so sharp curves count against the many "
                         "straight frames (default 0: plain MSE; 0.5: square-root inverse frequency)")
+    p.add_argument("--freeze-features", action="store_true", default=None,
+                   help="train the head (the fully connected layers) only, on the conv layers of --init MODEL: they, "
+                        "their BatchNorm statistics and so every VBP mask stay as they are; their outputs are "
+                        "computed once per frame and orientation and kept in memory, so epochs after the first "
+                        "two cost seconds to minutes (default off)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     p.set_defaults(func=run)
 
@@ -90,7 +95,7 @@ def run(args) -> int:
     if args.resume:
         fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "val", "snapshots",
                              "probes", "seed", "height", "net", "checkpoint_minutes", "init", "optimizer", "warmup",
-                             "label_balance")
+                             "label_balance", "freeze_features")
                  if getattr(args, o) not in (None, [])]
         if args.overwrite:
             fixed.append("overwrite")

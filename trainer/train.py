@@ -32,6 +32,7 @@ from vbp_rt.models import ConvNet, build, read_checkpoint, resolve_model_path, s
 from . import distributed
 from .balance import LabelBalance
 from .drives import drive_name
+from .feature_cache import FeatureCache
 from .runlog import RunLogReader, RunLogWriter
 
 ARCHS = ("netsvf", "nethvf")
@@ -66,6 +67,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (torch's defaults besides lr; momentum unused)
     warmup: float = 0.0  # epochs (fractional) over which the learning rate rises linearly from ~0 to lr
     label_balance: float = 0.0  # weigh each frame's squared error by its |label| bin's share ** -label_balance
+    freeze_features: bool = False  # train the head only; the conv layers (and every VBP mask) stay as in `init`
 
     @property
     def stores(self) -> list:
@@ -101,6 +103,9 @@ class TrainConfig:
         if not (math.isfinite(self.label_balance) and 0 <= self.label_balance <= 1):
             raise ValueError(f"--label-balance is an exponent in [0, 1] (0.5: square-root inverse frequency), "
                              f"got {self.label_balance}")
+        if self.freeze_features and not self.init:
+            raise ValueError("--freeze-features trains the head on the conv layers of --init MODEL; without --init "
+                             "the conv layers would stay random")
         if self.lr <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
 
@@ -180,12 +185,19 @@ def loader(dataset: FrameDataset, batches: list, workers: int) -> DataLoader:
                       prefetch_factor=4 if workers else None, pin_memory=torch.cuda.is_available())
 
 
+def mirrored(p: float, seed: int, epoch: int, batch: int, n: int) -> torch.Tensor:
+    """Which of a batch's n frames `mirror` flips: (n,) bool, drawn from (seed, epoch, batch position)."""
+    if p <= 0:
+        return torch.zeros(n, dtype=torch.bool)
+    return torch.from_numpy(np.random.default_rng([seed, epoch, batch, 17]).random(n) < p)
+
+
 def mirror(images: torch.Tensor, angles: torch.Tensor, p: float, seed: int, epoch: int, batch: int):
     """Mirror each frame left-right with probability p and negate its angle (a road curving right seen in
     a mirror curves left). Drawn from (seed, epoch, batch position): a resumed run flips the same frames."""
     if p <= 0:
         return images, angles
-    flip = torch.from_numpy(np.random.default_rng([seed, epoch, batch, 17]).random(len(angles)) < p)
+    flip = mirrored(p, seed, epoch, batch, len(angles))
     images = torch.where(flip[:, None, None], images.flip(-1), images)
     return images, torch.where(flip, -angles, angles)
 
@@ -297,7 +309,11 @@ class Trainer:
             self.model.load_state_dict(unfold(resume["state_dict"], self.model, self.target))
         # channels-last convolutions are markedly faster on CPU (oneDNN)
         self.model.to(ctx.device, memory_format=torch.channels_last if ctx.device.type == "cpu" else None)
-        self.net = distributed.wrap(self.model, ctx)
+        self.cache = None
+        if cfg.freeze_features:  # the head alone trains, on cached conv outputs
+            self.model.features.requires_grad_(False)
+            self.cache = FeatureCache(self.model.encode, self.train_idx)
+        self.net = distributed.wrap(self.model.head if self.cache else self.model, ctx)
         self.opt = make_optimizer(cfg, self.net.parameters())
         self.steps_per_epoch = len(self.train_idx) // cfg.batch_size
         self.warmup_steps = warmup_steps(cfg.warmup, self.steps_per_epoch)
@@ -314,6 +330,12 @@ class Trainer:
         self.runlog = None
         if ctx.main:
             self.runlog = self._open_runlog(resume is not None)
+
+    def train_mode(self) -> None:
+        """Training mode, except a frozen conv stack: its BatchNorm keeps the statistics of `init`."""
+        self.model.train()
+        if self.cache is not None:
+            self.model.features.eval()
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -368,7 +390,7 @@ class Trainer:
                 out = self.model(batch_on_device(images, self.model, self.ctx.device))
                 err = self.degrees(out)[:, 0].cpu().double() - angles.double()
                 sums[k] += [float((err ** 2).sum()), len(err), float(err.sum()), float((angles.double() ** 2).sum())]
-        self.model.train()
+        self.train_mode()
         sums = np.asarray(distributed.all_sum(sums.ravel().tolist(), self.ctx)).reshape(sums.shape)
         rows = [{"drive": name, "rmse": math.sqrt(sq / n), "zero_rmse": math.sqrt(lab / n), "bias": float(e / n)}
                 for name, (sq, n, e, lab) in zip(self.val_names, sums.tolist())]
@@ -383,7 +405,7 @@ class Trainer:
             self.model.eval()
             x = batch_on_device(torch.from_numpy(probe), self.model, self.ctx.device)
             e = explain(self.model, x, "vbp")
-            self.model.train()
+            self.train_mode()
             masks = e.mask.cpu().numpy().astype(np.float16)
             preds = self.degrees(e.prediction)[:, 0].cpu().numpy()
         else:
@@ -401,7 +423,7 @@ class Trainer:
         if self.progress() == 0 and 0.0 in cfg.snapshots:
             self.snapshot()
         pending = self.pending_snapshots()
-        self.net.train()
+        self.train_mode()
         last_save = time.monotonic()
         while self.pos["epoch"] < cfg.epochs:
             epoch = self.pos["epoch"]
@@ -411,17 +433,16 @@ class Trainer:
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
             t0, wait = time.monotonic(), 0.0
             batches_in = iter(loader(self.train_data, mine, cfg.workers))
-            while True:
+            for frames in mine:
                 t_ask = time.monotonic()
-                images, angles = next(batches_in, (None, None))
+                images, angles = next(batches_in)
                 wait += time.monotonic() - t_ask  # the model waiting for data
-                if images is None:
-                    break
+                flips = mirrored(cfg.flip, cfg.seed, epoch, self.pos["batch"], len(angles))
                 images, angles = mirror(images, angles, cfg.flip, cfg.seed, epoch, self.pos["batch"])
                 x = batch_on_device(images, self.model, ctx.device)
                 y = (angles.to(ctx.device).unsqueeze(1) - self.target["mean"]) / self.target["std"]
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    out = self.net(x)
+                    out = self.net(x if self.cache is None else self.cache(x, frames, flips))
                 squared = (out.float() - y) ** 2
                 loss = squared.mean()  # reported: the plain MSE, weighted or not
                 weighted = loss if self.balance is None else (self.balance(angles)[:, None] * squared).mean()
@@ -439,7 +460,8 @@ class Trainer:
                 self.pos["loss_sum"] += value
                 self.pos["loss_count"] += 1
                 bar.update(cfg.batch_size)
-                bar.set_postfix(loss=f"{value:.3g}", wait=f"{100 * wait / (time.monotonic() - t0):.1f}%")
+                bar.set_postfix(loss=f"{value:.3g}", wait=f"{100 * wait / (time.monotonic() - t0):.1f}%",
+                                **({"cached": f"{100 * self.cache.share_filled:.0f}%"} if self.cache else {}))
                 if self.runlog is not None:
                     self.runlog.steps([self.progress()], [value])
                 while pending and pending[0] <= self.progress() + 1e-9 and pending[0] < epoch + 1:

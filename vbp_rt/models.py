@@ -53,10 +53,14 @@ class ConvNet(nn.Module):
         head.append(nn.Linear(n_in, cfg.outputs))
         self.head = nn.Sequential(*head)
 
-    def forward(self, x):
+    def encode(self, x):
+        """The conv stack's output for input x (the head's input)."""
         if self.config.input_offset:  # part of the graph, so exports and VBP see it
             x = x - self.config.input_offset
-        return self.head(self.features(x))
+        return self.features(x)
+
+    def forward(self, x):
+        return self.head(self.encode(x))
 
 
 def build(cfg: NetConfig | str, **overrides) -> ConvNet:

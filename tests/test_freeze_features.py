@@ -1,0 +1,99 @@
+"""`vbp train --freeze-features`: the head alone trains on cached conv outputs; the conv layers, their
+BatchNorm statistics and so every VBP mask stay those of --init."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from vbp_rt.trainer.feature_cache import FeatureCache
+from vbp_rt.trainer.train import TrainConfig, train
+
+from vbp_rt import explain
+from vbp_rt.cli import main
+from vbp_rt.models import build, load_model, read_checkpoint, save_checkpoint
+
+from .trainer_helpers import HEIGHT, TINY_NET, make_store, train_args
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("store") / "drive.h5", frames=60)
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    """A tiny NetHVF with non-trivial BatchNorm statistics, as a half-precision checkpoint."""
+    torch.manual_seed(3)
+    net = build("nethvf", height=HEIGHT, channels=TINY_NET["channels"], strides=(), fc=TINY_NET["fc"])
+    with torch.no_grad():
+        for m in net.features:
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(0.1, 0.4)
+                m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("init") / "start.pt"
+    save_checkpoint(path, net, half=True)
+    return path
+
+
+def frozen(store, out, start, **kw) -> TrainConfig:
+    opts = dict(epochs=3, batch_size=4, lr=3e-3, workers=0, probes=2, height=HEIGHT, net=TINY_NET, snapshots=(),
+                flip=0.5, init=str(start), freeze_features=True)
+    opts.update(kw)
+    return TrainConfig(store=str(store), arch="nethvf", out=str(out), **opts)
+
+
+def test_only_the_head_learns_and_vbp_masks_stay(store, start, tmp_path):
+    result = train(frozen(store, tmp_path / "run", start))
+    before, after = read_checkpoint(start)["state_dict"], read_checkpoint(tmp_path / "run" / "last.pt")["state_dict"]
+    feats = [k for k in before if k.startswith("features.")]
+    assert any("running_mean" in k for k in feats) and any(k.endswith("weight") for k in feats)
+    for k in feats:  # conv weights and BatchNorm statistics exactly as loaded
+        torch.testing.assert_close(after[k].float(), before[k].float(), rtol=0, atol=0)
+    head = [k for k in before if k.startswith("head.") and k.endswith("weight")]
+    assert all(not torch.allclose(after[k].float(), before[k].float(), atol=1e-4) for k in head)
+    x = torch.rand(4, 1, HEIGHT, 351)
+    a, b = explain(load_model(start), x, "vbp"), explain(load_model(tmp_path / "run" / "last.pt"), x, "vbp")
+    torch.testing.assert_close(b.mask, a.mask, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(b.prediction, a.prediction, atol=1e-3)
+    rmse = [h["val_rmse"] for h in result["history"]]
+    assert rmse[-1] < rmse[0], rmse  # the head does learn
+
+
+def test_cached_epochs_equal_recomputed_ones(store, start, tmp_path):
+    """Epochs 2-3 of one run read most conv outputs from the cache; a run resumed after epoch 1 starts with
+    an empty cache and recomputes them: the weights must agree."""
+    train(frozen(store, tmp_path / "straight", start))
+    train(frozen(store, tmp_path / "split", start, epochs=1))
+    train(resume_dir=tmp_path / "split", epochs=3)
+    a, b = (read_checkpoint(tmp_path / name / "last.pt") for name in ("straight", "split"))
+    assert a["position"] == b["position"]
+    for k in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], rtol=1e-5, atol=1e-6)
+
+
+def test_the_cache_computes_each_frame_and_orientation_once():
+    calls = []
+
+    def encode(x):
+        calls.append(len(x))
+        return x[:, :, :2, :3] * 2
+
+    cache = FeatureCache(encode, np.array([7, 3, 12, 5]))
+    x = torch.rand(3, 1, 4, 4)
+    first = cache(x, [12, 3, 7], torch.tensor([False, True, False]))
+    torch.testing.assert_close(first, x[:, :, :2, :3] * 2)
+    assert calls == [3] and cache.share_filled == 3 / 8
+    y = torch.rand(3, 1, 4, 4)  # other pixels: cached rows come back as stored, new ones are computed
+    second = cache(y, [3, 3, 5], torch.tensor([True, False, True]))
+    assert calls == [3, 2]
+    torch.testing.assert_close(second[0], first[1])
+    torch.testing.assert_close(second[1:], y[1:, :, :2, :3] * 2)
+    with pytest.raises(KeyError):
+        cache(x[:1], [4], torch.tensor([False]))
+
+
+def test_freezing_needs_init(store, tmp_path, capsys):
+    with pytest.raises(ValueError, match="--freeze-features trains the head"):
+        TrainConfig(store=str(store), arch="nethvf", out=str(tmp_path / "r"), freeze_features=True)
+    assert main(["train", *train_args(store, tmp_path / "r", "--freeze-features")]) == 2
+    assert "without --init" in capsys.readouterr().err and not (tmp_path / "r").exists()
