@@ -60,10 +60,11 @@ def test_only_the_head_learns_and_vbp_masks_stay(store, start, tmp_path):
 
 
 def test_cached_epochs_equal_recomputed_ones(store, start, tmp_path):
-    """Epochs 2-3 of one run read most conv outputs from the cache; a run resumed after epoch 1 starts with
-    an empty cache and recomputes them: the weights must agree."""
-    train(frozen(store, tmp_path / "straight", start))
-    train(frozen(store, tmp_path / "split", start, epochs=1))
+    """With batches of 6, epoch 1 sees all 54 training frames, so epochs 2-3 of one run train from the cache
+    and labels alone; a run resumed after epoch 1 starts with an empty cache and recomputes the conv outputs
+    from the images: the weights must agree."""
+    train(frozen(store, tmp_path / "straight", start, batch_size=6))
+    train(frozen(store, tmp_path / "split", start, epochs=1, batch_size=6))
     train(resume_dir=tmp_path / "split", epochs=3)
     a, b = (read_checkpoint(tmp_path / name / "last.pt") for name in ("straight", "split"))
     assert a["position"] == b["position"]
@@ -71,25 +72,32 @@ def test_cached_epochs_equal_recomputed_ones(store, start, tmp_path):
         torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], rtol=1e-5, atol=1e-6)
 
 
-def test_the_cache_computes_each_frame_and_orientation_once():
+def test_the_cache_computes_each_frame_once_in_both_orientations():
     calls = []
 
     def encode(x):
         calls.append(len(x))
         return x[:, :, :2, :3] * 2
 
+    def enc(x):
+        return x[:, :, :2, :3] * 2
+
     cache = FeatureCache(encode, np.array([7, 3, 12, 5]))
     x = torch.rand(3, 1, 4, 4)
-    first = cache(x, [12, 3, 7], torch.tensor([False, True, False]))
-    torch.testing.assert_close(first, x[:, :, :2, :3] * 2)
-    assert calls == [3] and cache.share_filled == 3 / 8
+    first = cache(x, [12, 3, 7], torch.tensor([False, True, False]), "cpu")
+    torch.testing.assert_close(first, enc(x))
+    assert calls == [3, 3] and cache.share_filled == 6 / 8 and not cache.complete
     y = torch.rand(3, 1, 4, 4)  # other pixels: cached rows come back as stored, new ones are computed
-    second = cache(y, [3, 3, 5], torch.tensor([True, False, True]))
-    assert calls == [3, 2]
+    second = cache(y, [3, 3, 5], torch.tensor([True, False, True]), "cpu")
+    assert calls == [3, 3, 1, 1] and cache.complete
     torch.testing.assert_close(second[0], first[1])
-    torch.testing.assert_close(second[1:], y[1:, :, :2, :3] * 2)
+    torch.testing.assert_close(second[1], enc(x[1:2].flip(-1))[0])  # frame 3 unmirrored: the mirror of what x held
+    torch.testing.assert_close(second[2], enc(y[2:3])[0])
+    third = cache(None, [5, 12], torch.tensor([False, True]), "cpu")  # complete: no images needed
+    torch.testing.assert_close(third, torch.cat([enc(y[2:3].flip(-1)), enc(x[0:1].flip(-1))]))
+    assert calls == [3, 3, 1, 1]
     with pytest.raises(KeyError):
-        cache(x[:1], [4], torch.tensor([False]))
+        cache(x[:1], [4], torch.tensor([False]), "cpu")
 
 
 def test_freezing_needs_init(store, tmp_path, capsys):

@@ -1,9 +1,9 @@
 """The frozen conv stack's outputs per training frame, for `vbp train --freeze-features` (the head alone trains).
 
 With the convolutions and their BatchNorm statistics frozen, a frame's conv output depends on the frame and on
-whether it is mirrored only. Each (frame, orientation) is computed once, the first time a batch holds it, and
-kept in memory (float32 copies of what the stack returned, so a cached batch is bit-equal to a recomputed one);
-later epochs cost the head's forward and backward. NetSVF's stack ends in 128x1x17 values per frame: two
+whether it is mirrored only. The first time a batch holds a frame, its output is computed for both orientations and
+kept in memory (float32 copies of what the stack returned, so a cached batch is bit-equal to a recomputed one).
+Once every frame is held, an epoch needs neither images nor convolutions: the head's forward and backward. NetSVF's stack ends in 128x1x17 values per frame: two
 orientations of 42,000 frames take 730 MB.
 """
 from __future__ import annotations
@@ -28,19 +28,29 @@ class FeatureCache:
             raise KeyError("frames outside the cached training split")
         return rows
 
-    def __call__(self, x: torch.Tensor, indices, mirrored: torch.Tensor) -> torch.Tensor:
-        """The conv output of batch x (frames `indices`, mirrored where `mirrored`): cached rows are read,
-        the others computed from x (without gradients) and stored."""
+    def __call__(self, x: torch.Tensor | None, indices, mirrored: torch.Tensor, device) -> torch.Tensor:
+        """The conv output of batch x (frames `indices`, mirrored where `mirrored`) on `device`: cached rows are
+        read, the others computed from x and its mirror image (without gradients) and stored. x may be None
+        when every frame of the batch is cached."""
         rows, side = self.rows(indices), mirrored.cpu().numpy().astype(np.int64)
         todo = np.flatnonzero(~self.filled[rows, side])
         if len(todo):
+            if x is None:
+                raise ValueError("frames not cached yet need their images")
+            seen = x[torch.from_numpy(todo).to(x.device)]
             with torch.no_grad():
-                fresh = self.encode(x[torch.from_numpy(todo).to(x.device)]).float().cpu()
+                fresh = [self.encode(seen).float().cpu(), self.encode(seen.flip(-1)).float().cpu()]
             if self.values is None:
-                self.values = torch.empty((len(self.indices), 2) + tuple(fresh.shape[1:]), dtype=torch.float32)
-            self.values[rows[todo], side[todo]] = fresh
-            self.filled[rows[todo], side[todo]] = True
-        return self.values[rows, side].to(x.device)
+                self.values = torch.empty((len(self.indices), 2) + tuple(fresh[0].shape[1:]), dtype=torch.float32)
+            for flipped, values in enumerate(fresh):  # the batch's orientation, then the other one
+                self.values[rows[todo], (side[todo] + flipped) % 2] = values
+                self.filled[rows[todo], (side[todo] + flipped) % 2] = True
+        return self.values[rows, side].to(device)
+
+    @property
+    def complete(self) -> bool:
+        """Every frame held in both orientations: batches need no images."""
+        return bool(self.filled.all())
 
     @property
     def share_filled(self) -> float:

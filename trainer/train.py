@@ -313,6 +313,7 @@ class Trainer:
         if cfg.freeze_features:  # the head alone trains, on cached conv outputs
             self.model.features.requires_grad_(False)
             self.cache = FeatureCache(self.model.encode, self.train_idx)
+            self.cache_labels = self.train_data.angles(self.cache.indices).astype(np.float32)
         self.net = distributed.wrap(self.model.head if self.cache else self.model, ctx)
         self.opt = make_optimizer(cfg, self.net.parameters())
         self.steps_per_epoch = len(self.train_idx) // cfg.batch_size
@@ -432,17 +433,24 @@ class Trainer:
             bar = tqdm(total=len(batches) * cfg.batch_size, unit="img", disable=not ctx.main, leave=False,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
             t0, wait = time.monotonic(), 0.0
-            batches_in = iter(loader(self.train_data, mine, cfg.workers))
+            if self.cache is not None and self.cache.complete:  # labels only: the conv outputs are all cached
+                batches_in = iter([(None, torch.from_numpy(self.cache_labels[self.cache.rows(b)])) for b in mine])
+            else:
+                batches_in = iter(loader(self.train_data, mine, cfg.workers))
             for frames in mine:
                 t_ask = time.monotonic()
                 images, angles = next(batches_in)
                 wait += time.monotonic() - t_ask  # the model waiting for data
                 flips = mirrored(cfg.flip, cfg.seed, epoch, self.pos["batch"], len(angles))
-                images, angles = mirror(images, angles, cfg.flip, cfg.seed, epoch, self.pos["batch"])
-                x = batch_on_device(images, self.model, ctx.device)
+                x = None
+                if images is None:
+                    angles = torch.where(flips, -angles, angles)
+                else:
+                    images, angles = mirror(images, angles, cfg.flip, cfg.seed, epoch, self.pos["batch"])
+                    x = batch_on_device(images, self.model, ctx.device)
                 y = (angles.to(ctx.device).unsqueeze(1) - self.target["mean"]) / self.target["std"]
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    out = self.net(x if self.cache is None else self.cache(x, frames, flips))
+                    out = self.net(x if self.cache is None else self.cache(x, frames, flips, ctx.device))
                 squared = (out.float() - y) ** 2
                 loss = squared.mean()  # reported: the plain MSE, weighted or not
                 weighted = loss if self.balance is None else (self.balance(angles)[:, None] * squared).mean()
