@@ -155,3 +155,26 @@ def test_a_checkpoint_without_the_offset_loads_unchanged(tmp_path):
     assert loaded.config.input_offset == 0.0
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+
+
+def test_lr_drops_and_kept_epochs(store, tmp_path, monkeypatch, capsys):
+    lrs = _recording_optimizer(monkeypatch)
+    args = train_args(store, tmp_path / "run", "--epochs", "3", "--lr-drop", "2:1e-4", "--lr-drop", "3:2e-5",
+                      "--keep-epochs", "--snapshots", "")
+    assert main(["train", *args]) == 0
+    assert lrs == [1e-3] * STEPS + [1e-4] * STEPS + [2e-5] * STEPS
+    history = read_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert [h["lr"] for h in history] == [1e-3, 1e-4, 2e-5]
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
+    for n in (1, 2, 3):
+        kept = read_checkpoint(tmp_path / "run" / f"epoch{n}.pt")
+        assert kept["epoch"] == n and "optimizer" not in kept
+    for k, v in read_checkpoint(tmp_path / "run" / "epoch3.pt")["state_dict"].items():
+        torch.testing.assert_close(v, last["state_dict"][k])
+    assert not torch.equal(read_checkpoint(tmp_path / "run" / "epoch1.pt")["state_dict"]["head.1.weight"],
+                           last["state_dict"]["head.1.weight"])
+    capsys.readouterr()
+    assert _exit_code(["train", *train_args(store, tmp_path / "bad", "--lr-drop", "two:1e-4")]) == 2
+    assert "--lr-drop expects EPOCH:LR" in capsys.readouterr().err
+    assert _exit_code(["train", *train_args(store, tmp_path / "bad", "--lr-drop", "0:1e-4")]) == 2
+    assert "EPOCH >= 1" in capsys.readouterr().err

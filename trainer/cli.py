@@ -7,7 +7,7 @@ import os
 
 DEFAULTS = dict(epochs=32, batch_size=32, lr=5e-3, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
                 height=135, checkpoint_minutes=10.0, flip=0.0, bf16=False, optimizer="sgd", warmup=0.0,
-                label_balance=0.0, freeze_features=False)
+                label_balance=0.0, freeze_features=False, keep_epochs=False)
 
 
 def add_parser(sub) -> None:
@@ -73,6 +73,12 @@ def add_parser(sub) -> None:
                         "their BatchNorm statistics and so every VBP mask stay as they are; their outputs are "
                         "computed once per frame and orientation and kept in memory, so epochs after the first "
                         "two cost seconds to minutes (default off)")
+    p.add_argument("--lr-drop", action="append", metavar="EPOCH:LR",
+                   help="from EPOCH (1-based) on, train at LR, e.g. --lr-drop 13:1e-4 for a final low rate; may be "
+                        "repeated (default: --lr throughout)")
+    p.add_argument("--keep-epochs", action="store_true", default=None,
+                   help="also write each epoch's weights to RUN_DIR/epochN.pt (model checkpoints for `vbp train-eval` "
+                        "and selection by epoch; default: last.pt and best.pt only)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     p.set_defaults(func=run)
 
@@ -82,6 +88,14 @@ def _snapshots(text: str) -> tuple:
         return tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise ValueError(f"--snapshots expects comma-separated epochs like 0.1,0.5,1, got {text!r}") from None
+
+
+def _lr_drop(text: str) -> list:
+    try:
+        epoch, lr = text.split(":")
+        return [int(epoch), float(lr)]
+    except ValueError:
+        raise ValueError(f"--lr-drop expects EPOCH:LR like 13:1e-4, got {text!r}") from None
 
 
 def run(args) -> int:
@@ -95,7 +109,7 @@ def run(args) -> int:
     if args.resume:
         fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "val", "snapshots",
                              "probes", "seed", "height", "net", "checkpoint_minutes", "init", "optimizer", "warmup",
-                             "label_balance", "freeze_features")
+                             "label_balance", "freeze_features", "lr_drop", "keep_epochs")
                  if getattr(args, o) not in (None, [])]
         if args.overwrite:
             fixed.append("overwrite")
@@ -123,6 +137,8 @@ def run(args) -> int:
             options["val"] = drives.resolve(args.val, args.val_frames, args.drives_dir)
         if args.snapshots is not None:
             options["snapshots"] = _snapshots(args.snapshots)
+        if args.lr_drop:
+            options["lr_drops"] = [_lr_drop(text) for text in args.lr_drop]
         if args.net:
             try:
                 options["net"] = json.loads(args.net)

@@ -68,6 +68,16 @@ class TrainConfig:
     warmup: float = 0.0  # epochs (fractional) over which the learning rate rises linearly from ~0 to lr
     label_balance: float = 0.0  # weigh each frame's squared error by its |label| bin's share ** -label_balance
     freeze_features: bool = False  # train the head only; the conv layers (and every VBP mask) stay as in `init`
+    lr_drops: list = field(default_factory=list)  # [[epoch, lr], ...]: from that (1-based) epoch on, train at lr
+    keep_epochs: bool = False  # also write each epoch's weights to RUN_DIR/epochN.pt
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of (0-based) epoch `epoch`: lr, or the last drop that has begun."""
+        rate = self.lr
+        for start, value in sorted(self.lr_drops):
+            if epoch + 1 >= start:
+                rate = value
+        return rate
 
     @property
     def stores(self) -> list:
@@ -103,6 +113,9 @@ class TrainConfig:
         if not (math.isfinite(self.label_balance) and 0 <= self.label_balance <= 1):
             raise ValueError(f"--label-balance is an exponent in [0, 1] (0.5: square-root inverse frequency), "
                              f"got {self.label_balance}")
+        self.lr_drops = [[int(e), float(v)] for e, v in self.lr_drops]
+        if any(e < 1 or not (math.isfinite(v) and v > 0) for e, v in self.lr_drops):
+            raise ValueError(f"--lr-drop takes EPOCH:LR with EPOCH >= 1 and LR > 0, got {self.lr_drops}")
         if self.freeze_features and not self.init:
             raise ValueError("--freeze-features trains the head on the conv layers of --init MODEL; without --init "
                              "the conv layers would stay random")
@@ -457,12 +470,12 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 weighted.backward()
                 for group in self.opt.param_groups:
-                    group["lr"] = cfg.lr * warmup_factor(self.pos["step"], self.warmup_steps)
+                    group["lr"] = cfg.lr_at(epoch) * warmup_factor(self.pos["step"], self.warmup_steps)
                 self.opt.step()
                 value = distributed.all_sum([loss.item()], ctx)[0] / ctx.world * self.target["std"] ** 2
                 if not math.isfinite(value):
                     raise ValueError(f"training diverged at epoch {self.progress():.3f} (loss {value}); "
-                                     f"try a smaller --lr (now {cfg.lr})")
+                                     f"try a smaller --lr (now {cfg.lr_at(epoch)})")
                 self.pos["batch"] += 1
                 self.pos["step"] += 1
                 self.pos["loss_sum"] += value
@@ -497,6 +510,9 @@ class Trainer:
                     self.snapshot()
                     pending.pop(0)
                 self.save(best=improved)
+                if cfg.keep_epochs:
+                    save_checkpoint(self.run_dir / f"epoch{epoch + 1}.pt", fold(self.model, self.target),
+                                    **{k: v for k, v in self._checkpoint_extra().items() if k != "optimizer"})
                 last_save = time.monotonic()
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4g} deg^2, val RMSE {val:.3f} deg"
                       f"{' (best)' if improved else ''}, {len(batches) * cfg.batch_size / seconds:.1f} img/s, "
