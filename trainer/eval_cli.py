@@ -62,12 +62,13 @@ def run(args) -> int:
     paths = drives.resolve(items, args.frames, args.drives_dir)
     result = steering_eval.evaluate(args.model, paths, args.batch_size, args.window)
     title = f"{args.model} on {len(paths)} drives"
-    table = steering_eval.markdown(result, title=f"Steering accuracy of {args.model}", edges=edges)
+    by_label = steering_eval.bias_by_label(result, edges)
+    table = steering_eval.markdown(result, title=f"Steering accuracy of {args.model}", by_label=by_label)
     atomic_write(out / "steering.md", table.encode())
     atomic_write(out / "steering.csv", steering_eval.csv_text(result).encode())
     atomic_write(out / "steering.json", json.dumps({"model": str(args.model), "drives": result["drives"],
                                                     "all": result["all"],
-                                                    "by_label": steering_eval.bias_by_label(result, edges)},
+                                                    "by_label": by_label},
                                                    indent=2).encode())
     atomic_write(out / "steering_frames.csv", steering_eval.frames_csv(result).encode())
     if not args.no_plot:

@@ -156,7 +156,9 @@ def table_rows(result: dict) -> list:
     return result["drives"] + [{"drive": "all", **result["all"]}]
 
 
-def markdown(result: dict, title: str = "", edges=LABEL_EDGES) -> str:
+def markdown(result: dict, title: str = "", by_label: list | None = None) -> str:
+    """The per-drive table, the summary line and the mean error per label bin (`bias_by_label` rows; computed
+    with the default edges when not given)."""
     head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     lines = ([f"{title}", ""] if title else []) + [head, "|" + "---|" * len(COLUMNS)]
     for row in table_rows(result):
@@ -165,8 +167,8 @@ def markdown(result: dict, title: str = "", edges=LABEL_EDGES) -> str:
     lines += ["", f"{a['drives']} drives: median ratio {a['median_ratio']:.3f}, worst ratio {a['max_ratio']:.3f}, "
                   f"largest |bias| {a['max_abs_bias']:.2f} deg (the \"all\" row pools every frame).",
               "", "Mean error (prediction - label, deg) per label bin, with its frames:", ""]
-    return "\n".join(lines) + "\n" + by_label_markdown(bias_by_label(result, edges),
-                                                       [r["drive"] for r in result["drives"]])
+    rows = bias_by_label(result) if by_label is None else by_label
+    return "\n".join(lines) + "\n" + by_label_markdown(rows, [r["drive"] for r in result["drives"]])
 
 
 def csv_text(result: dict) -> str:
