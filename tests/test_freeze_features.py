@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from vbp_rt.data.store import StoreReader
 from vbp_rt.trainer.feature_cache import FeatureCache
 from vbp_rt.trainer.train import TrainConfig, train
 
@@ -57,6 +58,12 @@ def test_only_the_head_learns_and_vbp_masks_stay(store, start, tmp_path):
     assert not torch.allclose(b.prediction, a.prediction, atol=1e-3)
     rmse = [h["val_rmse"] for h in result["history"]]
     assert rmse[-1] < rmse[0], rmse  # the head does learn
+    with StoreReader(store) as r:  # the last validation (from cached conv outputs) against the whole model
+        s = r.split("test")
+        x, y = torch.from_numpy(r.images("hvf")[s]).float().unsqueeze(1) / 255, r.angle[s].astype(np.float64)
+    with torch.no_grad():
+        pred = load_model(tmp_path / "run" / "last.pt").float().eval()(x)[:, 0].double().numpy()
+    assert rmse[-1] == pytest.approx(float(np.sqrt(np.mean((pred - y) ** 2))), rel=1e-5)
 
 
 def test_cached_epochs_equal_recomputed_ones(store, start, tmp_path):
@@ -82,7 +89,8 @@ def test_the_cache_computes_each_frame_once_in_both_orientations():
     def enc(x):
         return x[:, :, :2, :3] * 2
 
-    cache = FeatureCache(encode, np.array([7, 3, 12, 5]))
+    cache = FeatureCache(encode, np.array([7, 3, 12, 5]), np.array([0.7, 0.3, 1.2, 0.5]))
+    np.testing.assert_array_equal(cache.labels, np.float32([0.3, 0.5, 0.7, 1.2]))  # sorted with the frames
     x = torch.rand(3, 1, 4, 4)
     first = cache(x, [12, 3, 7], torch.tensor([False, True, False]), "cpu")
     torch.testing.assert_close(first, enc(x))
@@ -98,6 +106,11 @@ def test_the_cache_computes_each_frame_once_in_both_orientations():
     assert calls == [3, 3, 1, 1]
     with pytest.raises(KeyError):
         cache(x[:1], [4], torch.tensor([False]), "cpu")
+    plain = FeatureCache(encode, np.array([1, 2]), np.zeros(2), mirrored=False)
+    plain(x[:2], [2, 1], torch.tensor([False, False]), "cpu")
+    assert plain.complete and calls[-1] == 2
+    with pytest.raises(ValueError, match="unmirrored"):
+        plain(x[:1], [1], torch.tensor([True]), "cpu")
 
 
 def test_freezing_needs_init(store, tmp_path, capsys):

@@ -13,13 +13,17 @@ import torch
 
 
 class FeatureCache:
-    """Conv outputs of the frames `indices` (global store indices), both orientations, filled on demand."""
+    """Conv outputs of the frames `indices` (global store indices), filled on demand: both orientations when
+    the frames may be mirrored (training), else as they are (validation). `labels[i]` is the angle of the
+    frame `indices[i]` (indices sorted)."""
 
-    def __init__(self, encode, indices: np.ndarray):
+    def __init__(self, encode, indices: np.ndarray, labels: np.ndarray, mirrored: bool = True):
         self.encode = encode  # the frozen stack: input batch -> conv output
-        self.indices = np.sort(np.asarray(indices, np.int64))
-        self.values = None  # (frames, 2, *shape) float32, allocated at the first batch
-        self.filled = np.zeros((len(self.indices), 2), bool)
+        order = np.argsort(indices, kind="stable")
+        self.indices = np.asarray(indices, np.int64)[order]
+        self.labels = np.asarray(labels, np.float32)[order]
+        self.values = None  # (frames, orientations, *shape) float32, allocated at the first batch
+        self.filled = np.zeros((len(self.indices), 2 if mirrored else 1), bool)
 
     def rows(self, indices) -> np.ndarray:
         idx = np.asarray(indices, np.int64)
@@ -33,23 +37,26 @@ class FeatureCache:
         read, the others computed from x and its mirror image (without gradients) and stored. x may be None
         when every frame of the batch is cached."""
         rows, side = self.rows(indices), mirrored.cpu().numpy().astype(np.int64)
+        sides = self.filled.shape[1]
+        if side.max(initial=0) >= sides:
+            raise ValueError("this cache holds unmirrored frames only")
         todo = np.flatnonzero(~self.filled[rows, side])
         if len(todo):
             if x is None:
                 raise ValueError("frames not cached yet need their images")
             seen = x[torch.from_numpy(todo).to(x.device)]
             with torch.no_grad():
-                fresh = [self.encode(seen).float().cpu(), self.encode(seen.flip(-1)).float().cpu()]
+                fresh = [self.encode(seen).float().cpu()] + ([self.encode(seen.flip(-1)).float().cpu()] * (sides - 1))
             if self.values is None:
-                self.values = torch.empty((len(self.indices), 2) + tuple(fresh[0].shape[1:]), dtype=torch.float32)
+                self.values = torch.empty((len(self.indices), sides) + tuple(fresh[0].shape[1:]), dtype=torch.float32)
             for flipped, values in enumerate(fresh):  # the batch's orientation, then the other one
-                self.values[rows[todo], (side[todo] + flipped) % 2] = values
-                self.filled[rows[todo], (side[todo] + flipped) % 2] = True
+                self.values[rows[todo], (side[todo] + flipped) % sides] = values
+                self.filled[rows[todo], (side[todo] + flipped) % sides] = True
         return self.values[rows, side].to(device)
 
     @property
     def complete(self) -> bool:
-        """Every frame held in both orientations: batches need no images."""
+        """Every frame held (in both orientations where mirrored): batches need no images."""
         return bool(self.filled.all())
 
     @property

@@ -198,6 +198,13 @@ def loader(dataset: FrameDataset, batches: list, workers: int) -> DataLoader:
                       prefetch_factor=4 if workers else None, pin_memory=torch.cuda.is_available())
 
 
+def cached_batches(cache: FeatureCache | None, data: FrameDataset, batches: list, workers: int):
+    """(images, angles) per batch; (None, angles) once `cache` holds the conv output of every frame."""
+    if cache is not None and cache.complete:
+        return iter([(None, torch.from_numpy(cache.labels[cache.rows(b)])) for b in batches])
+    return iter(loader(data, batches, workers))
+
+
 def mirrored(p: float, seed: int, epoch: int, batch: int, n: int) -> torch.Tensor:
     """Which of a batch's n frames `mirror` flips: (n,) bool, drawn from (seed, epoch, batch position)."""
     if p <= 0:
@@ -322,11 +329,12 @@ class Trainer:
             self.model.load_state_dict(unfold(resume["state_dict"], self.model, self.target))
         # channels-last convolutions are markedly faster on CPU (oneDNN)
         self.model.to(ctx.device, memory_format=torch.channels_last if ctx.device.type == "cpu" else None)
-        self.cache = None
+        self.cache = self.val_cache = None
         if cfg.freeze_features:  # the head alone trains, on cached conv outputs
             self.model.features.requires_grad_(False)
-            self.cache = FeatureCache(self.model.encode, self.train_idx)
-            self.cache_labels = self.train_data.angles(self.cache.indices).astype(np.float32)
+            self.cache = FeatureCache(self.model.encode, self.train_idx, self.train_data.angles(self.train_idx))
+            self.val_cache = FeatureCache(self.model.encode, self.val_idx, self.val_data.angles(self.val_idx),
+                                          mirrored=False)
         self.net = distributed.wrap(self.model.head if self.cache else self.model, ctx)
         self.opt = make_optimizer(cfg, self.net.parameters())
         self.steps_per_epoch = len(self.train_idx) // cfg.batch_size
@@ -400,8 +408,14 @@ class Trainer:
             part += [k] * len(range(0, len(mine), bs))
         sums = np.zeros((len(self.val_parts), 4))  # per drive: squared error, count, error, squared label
         with torch.no_grad():
-            for k, (images, angles) in zip(part, loader(self.val_data, batches, self.cfg.workers)):
-                out = self.model(batch_on_device(images, self.model, self.ctx.device))
+            for k, frames, (images, angles) in zip(part, batches, cached_batches(self.val_cache, self.val_data, batches,
+                                                                                  self.cfg.workers)):
+                x = None if images is None else batch_on_device(images, self.model, self.ctx.device)
+                if self.val_cache is None:
+                    out = self.model(x)
+                else:
+                    out = self.model.head(self.val_cache(x, frames, torch.zeros(len(frames), dtype=torch.bool),
+                                                         self.ctx.device))
                 err = self.degrees(out)[:, 0].cpu().double() - angles.double()
                 sums[k] += [float((err ** 2).sum()), len(err), float(err.sum()), float((angles.double() ** 2).sum())]
         self.train_mode()
@@ -446,10 +460,7 @@ class Trainer:
             bar = tqdm(total=len(batches) * cfg.batch_size, unit="img", disable=not ctx.main, leave=False,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
             t0, wait = time.monotonic(), 0.0
-            if self.cache is not None and self.cache.complete:  # labels only: the conv outputs are all cached
-                batches_in = iter([(None, torch.from_numpy(self.cache_labels[self.cache.rows(b)])) for b in mine])
-            else:
-                batches_in = iter(loader(self.train_data, mine, cfg.workers))
+            batches_in = cached_batches(self.cache, self.train_data, mine, cfg.workers)
             for frames in mine:
                 t_ask = time.monotonic()
                 images, angles = next(batches_in)
