@@ -56,9 +56,9 @@ class Traffic:
         if self.rng.random() < 0.02:
             self.gap_target = float(self.rng.uniform(18, 60))
         for car in self.cars:
-            if car.lead:
+            if car.lead:  # closes a gap above the target and opens one below it (time constant 3.3 s)
                 gap = car.s - ego_s
-                car.v = ego_v + float(np.clip(0.3 * (gap - self.gap_target), -3, 3))
+                car.v = ego_v + float(np.clip(0.3 * (self.gap_target - gap), -3, 3))
             car.s += car.v * dt
         keep = []
         for car in self.cars:
