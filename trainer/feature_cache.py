@@ -1,10 +1,10 @@
 """The frozen conv stack's outputs per training frame, for `vbp train --freeze-features` (the head alone trains).
 
 With the convolutions and their BatchNorm statistics frozen, a frame's conv output depends on the frame and on
-whether it is mirrored only. The first time a batch holds a frame, its output is computed for both orientations and
-kept in memory (float32 copies of what the stack returned, so a cached batch is bit-equal to a recomputed one).
-Once every frame is held, an epoch needs neither images nor convolutions: the head's forward and backward. NetSVF's stack ends in 128x1x17 values per frame: two
-orientations of 42,000 frames take 730 MB.
+whether it is mirrored only. The first time a batch holds a frame, its output is computed for both orientations
+and kept in memory (float32 copies of what the stack returned, so a cached batch is bit-equal to a recomputed
+one). Once every frame is held, an epoch needs neither images nor convolutions: the head's forward and backward.
+NetSVF's stack ends in 128x1x17 values per frame: two orientations of 42,000 frames take 730 MB.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class FeatureCache:
         idx = np.asarray(indices, np.int64)
         rows = np.searchsorted(self.indices, idx)
         if np.any(rows >= len(self.indices)) or np.any(self.indices[np.minimum(rows, len(self.indices) - 1)] != idx):
-            raise KeyError("frames outside the cached training split")
+            raise KeyError("frames that are not in this cache")
         return rows
 
     def __call__(self, x: torch.Tensor | None, indices, mirrored: torch.Tensor, device) -> torch.Tensor:
@@ -46,7 +46,7 @@ class FeatureCache:
                 raise ValueError("frames not cached yet need their images")
             seen = x[torch.from_numpy(todo).to(x.device)]
             with torch.no_grad():
-                fresh = [self.encode(seen).float().cpu()] + ([self.encode(seen.flip(-1)).float().cpu()] * (sides - 1))
+                fresh = [self.encode(v).float().cpu() for v in (seen, seen.flip(-1))[:sides]]
             if self.values is None:
                 self.values = torch.empty((len(self.indices), sides) + tuple(fresh[0].shape[1:]), dtype=torch.float32)
             for flipped, values in enumerate(fresh):  # the batch's orientation, then the other one
