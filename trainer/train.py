@@ -217,7 +217,11 @@ def mirror(images: torch.Tensor, angles: torch.Tensor, p: float, seed: int, epoc
     a mirror curves left). Drawn from (seed, epoch, batch position): a resumed run flips the same frames."""
     if p <= 0:
         return images, angles
-    flip = mirrored(p, seed, epoch, batch, len(angles))
+    return flip_frames(images, angles, mirrored(p, seed, epoch, batch, len(angles)))
+
+
+def flip_frames(images: torch.Tensor, angles: torch.Tensor, flip: torch.Tensor):
+    """Mirror the frames where `flip` (n,) is set and negate their angles."""
     images = torch.where(flip[:, None, None], images.flip(-1), images)
     return images, torch.where(flip, -angles, angles)
 
@@ -375,11 +379,13 @@ class Trainer:
                  "store": ", ".join(str(Path(s).resolve()) for s in self.cfg.stores), "epochs": self.cfg.epochs}
         return RunLogWriter(path, attrs, probe, keep=keep, drives=self.val_names)
 
-    def _checkpoint_extra(self) -> dict:
-        return {"train_config": asdict(self.cfg), "optimizer": self.opt.state_dict(), "target": self.target,
-                "position": dict(self.pos),
-                "epoch": self.progress(), "step": self.pos["step"], "best_val_rmse": self.best,
-                "history": list(self.history), "metrics": self.history[-1] if self.history else {}}
+    def _checkpoint_extra(self, optimizer: bool = True) -> dict:
+        extra = {"train_config": asdict(self.cfg), "target": self.target, "position": dict(self.pos),
+                 "epoch": self.progress(), "step": self.pos["step"], "best_val_rmse": self.best,
+                 "history": list(self.history), "metrics": self.history[-1] if self.history else {}}
+        if optimizer:
+            extra["optimizer"] = self.opt.state_dict()
+        return extra
 
     def save(self, best: bool = False) -> None:
         extra = self._checkpoint_extra()
@@ -470,7 +476,7 @@ class Trainer:
                 if images is None:
                     angles = torch.where(flips, -angles, angles)
                 else:
-                    images, angles = mirror(images, angles, cfg.flip, cfg.seed, epoch, self.pos["batch"])
+                    images, angles = flip_frames(images, angles, flips)
                     x = batch_on_device(images, self.model, ctx.device)
                 y = (angles.to(ctx.device).unsqueeze(1) - self.target["mean"]) / self.target["std"]
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -523,7 +529,7 @@ class Trainer:
                 self.save(best=improved)
                 if cfg.keep_epochs:
                     save_checkpoint(self.run_dir / f"epoch{epoch + 1}.pt", fold(self.model, self.target),
-                                    **{k: v for k, v in self._checkpoint_extra().items() if k != "optimizer"})
+                                    **self._checkpoint_extra(optimizer=False))
                 last_save = time.monotonic()
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4g} deg^2, val RMSE {val:.3f} deg"
                       f"{' (best)' if improved else ''}, {len(batches) * cfg.batch_size / seconds:.1f} img/s, "
