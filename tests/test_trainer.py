@@ -212,6 +212,9 @@ def test_ship_half_precision_and_evaluate(run, tmp_path):
         lane, dist = r.lane_mask("hvf")[()].astype(bool), r.distractor_mask("hvf")[()].astype(bool)
         assert full["zero_rmse"] == pytest.approx(float(np.sqrt(np.mean(r.angle.astype(np.float64) ** 2))))
         x = torch.from_numpy(r.images("hvf")[()]).float().unsqueeze(1) / 255
+        with torch.no_grad():
+            predicted = model.eval()(x)[:, 0].double().numpy()
+        assert full["bias"] == pytest.approx(float(np.mean(predicted - r.angle.astype(np.float64))), abs=1e-4)
     mask = explain(model, x, "vbp").mask.numpy().astype(np.float64)
     on_lane = ((mask * lane).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean()
     assert full["mask_on_lane"] == pytest.approx(on_lane, rel=1e-4)

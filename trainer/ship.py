@@ -4,7 +4,7 @@
 
 The shipped file is a half-precision `vbp_rt.models` checkpoint (weights, model config, and the run's
 settings and metric history, without optimizer state). The evaluation reports the RMSE against the
-RMSE of always predicting 0 and of always predicting the training mean, and where the VBP masks put
+RMSE of always predicting 0 and the spread of the labels, the mean error (bias), and where the VBP masks put
 their mass: the share on ground-truth lane-marking pixels and on distractor pixels, next to the share
 of the image those pixels cover (what a uniform mask would score).
 """
@@ -66,7 +66,7 @@ def evaluate(model, store, batch_size: int = 16, split: str = "all") -> dict:
     pred = np.concatenate(preds)
     m = steering_metrics(pred, angle)
     out = {"frames": m["frames"], "rmse": m["rmse"], "zero_rmse": m["zero_rmse"], "std_angle": float(angle.std()),
-           "rmse_vs_zero": m["ratio"]}
+           "rmse_vs_zero": m["ratio"], "bias": m["bias"]}
     for k, v in shares.items():
         out[f"mask_on_{k}" if not k.endswith("area") else k] = float(np.nanmean(np.concatenate(v)))
     return out
