@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from vbp_rt.data.store import StoreReader
 from vbp_rt.trainer import train as train_module
 from vbp_rt.trainer.runlog import RunLogReader
 from vbp_rt.trainer.train import TrainConfig, train, warmup_factor, warmup_steps
@@ -178,3 +179,23 @@ def test_lr_drops_and_kept_epochs(store, tmp_path, monkeypatch, capsys):
     assert "--lr-drop expects EPOCH:LR" in capsys.readouterr().err
     assert _exit_code(["train", *train_args(store, tmp_path / "bad", "--lr-drop", "0:1e-4")]) == 2
     assert "EPOCH >= 1" in capsys.readouterr().err
+
+
+def test_frame_step_trains_on_every_nth_frame(store, tmp_path, monkeypatch):
+    seen, batches = [], train_module.epoch_batches
+
+    def recording(indices, batch_size, seed, epoch):
+        seen.append(np.array(indices))
+        return batches(indices, batch_size, seed, epoch)
+
+    monkeypatch.setattr(train_module, "epoch_batches", recording)
+    lrs = _recording_optimizer(monkeypatch)
+    args = train_args(store, tmp_path / "run", "--epochs", "1", "--frame-step", "3", "--snapshots", "")
+    assert main(["train", *args]) == 0
+    with StoreReader(store) as r:
+        s = r.split("train")
+    np.testing.assert_array_equal(seen[0], np.arange(s.start, s.stop, 3))  # 54 frames -> 18
+    assert len(lrs) == 18 // 4
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["frame_step"] == 3
+    with pytest.raises(ValueError, match="frame-step must be positive"):
+        TrainConfig(store=str(store), arch="nethvf", out=str(tmp_path / "bad"), frame_step=0)

@@ -7,7 +7,7 @@ import os
 
 DEFAULTS = dict(epochs=32, batch_size=32, lr=5e-3, momentum=0.9, device="auto", workers=2, probes=8, seed=0,
                 height=135, checkpoint_minutes=10.0, flip=0.0, bf16=False, optimizer="sgd", warmup=0.0,
-                label_balance=0.0, freeze_features=False, keep_epochs=False)
+                label_balance=0.0, freeze_features=False, keep_epochs=False, frame_step=1)
 
 
 def add_parser(sub) -> None:
@@ -79,6 +79,9 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-epochs", action="store_true", default=None,
                    help="also write each epoch's weights to RUN_DIR/epochN.pt (model checkpoints for `vbp train-eval` "
                         "and selection by epoch; default: last.pt and best.pt only)")
+    p.add_argument("--frame-step", type=int, metavar="N",
+                   help="train on every Nth frame of each training drive: at 20 frames/s neighbouring frames are "
+                        "near duplicates, so an epoch of N=3 sees every road in a third of the time (default 1)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     p.set_defaults(func=run)
 
@@ -109,7 +112,7 @@ def run(args) -> int:
     if args.resume:
         fixed = [o for o in ("store", "arch", "out", "batch_size", "momentum", "val_store", "val", "snapshots",
                              "probes", "seed", "height", "net", "checkpoint_minutes", "init", "optimizer", "warmup",
-                             "label_balance", "freeze_features", "lr_drop", "keep_epochs")
+                             "label_balance", "freeze_features", "lr_drop", "keep_epochs", "frame_step")
                  if getattr(args, o) not in (None, [])]
         if args.overwrite:
             fixed.append("overwrite")

@@ -70,6 +70,7 @@ class TrainConfig:
     freeze_features: bool = False  # train the head only; the conv layers (and every VBP mask) stay as in `init`
     lr_drops: list = field(default_factory=list)  # [[epoch, lr], ...]: from that (1-based) epoch on, train at lr
     keep_epochs: bool = False  # also write each epoch's weights to RUN_DIR/epochN.pt
+    frame_step: int = 1  # train on every frame_step-th frame of each store's train split
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of (0-based) epoch `epoch`: lr, or the last drop that has begun."""
@@ -101,7 +102,7 @@ class TrainConfig:
         self.snapshots = tuple(float(s) for s in self.snapshots)
         if self.arch not in ARCHS:
             raise ValueError(f"unknown architecture {self.arch!r}; vbp train knows {', '.join(ARCHS)}")
-        for name in ("epochs", "batch_size", "probes"):
+        for name in ("epochs", "batch_size", "probes", "frame_step"):
             if getattr(self, name) < (0 if name == "probes" else 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.flip <= 1:
@@ -233,19 +234,21 @@ def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n)]
 
 
-def check_stores(paths, split: str, view: str, height: int, width: int, need: int) -> np.ndarray:
-    """Indices of `split` in several stores indexed as one (FrameDataset), each checked by check_store."""
+def check_stores(paths, split: str, view: str, height: int, width: int, need: int, step: int = 1) -> np.ndarray:
+    """Indices of `split` in several stores indexed as one (FrameDataset), each checked by check_store;
+    every `step`-th frame of each store's split."""
     if isinstance(paths, (str, os.PathLike)):
-        return check_store(paths, split, view, height, width, need)
+        return check_store(paths, split, view, height, width, need, step)
     offsets = store_offsets(paths)
-    idx = np.concatenate([check_store(p, split, view, height, width, 1) + o for p, o in zip(paths, offsets)])
+    idx = np.concatenate([check_store(p, split, view, height, width, 1, step) + o for p, o in zip(paths, offsets)])
     if len(idx) < need:
         raise ValueError(f"the {split} splits of {len(paths)} stores have {len(idx)} frames; need at least {need}")
     return idx
 
 
-def check_store(path, split: str, view: str, height: int, width: int, need: int) -> np.ndarray:
-    """Indices of `split` in a store, after checking the view size, the split size and the labels."""
+def check_store(path, split: str, view: str, height: int, width: int, need: int, step: int = 1) -> np.ndarray:
+    """Indices of `split` in a store (every `step`-th), after checking the view size, the split size and
+    the labels."""
     with StoreReader(path) as r:
         if view not in r.views:
             raise ValueError(f"store {path} has no view {view!r} (it has {', '.join(r.views) or 'none'}); "
@@ -255,9 +258,10 @@ def check_store(path, split: str, view: str, height: int, width: int, need: int)
             raise ValueError(f"store {path}: view {view!r} is {v.width}x{v.height}, the network expects "
                              f"{width}x{height} (width x height; set --height to match the store's views)")
         s = r.split(split)
-        idx = np.arange(s.start, s.stop)
+        idx = np.arange(s.start, s.stop, step)
         if len(idx) < need:
-            raise ValueError(f"store {path}: the {split} split has {len(idx)} frames of {len(r)}; "
+            raise ValueError(f"store {path}: the {split} split has {len(idx)} frames of {len(r)}"
+                             f"{f' taking every {step}th' if step > 1 else ''}; "
                              f"need at least {need}")
         bad = np.flatnonzero(~np.isfinite(r.angle[idx]))
         if len(bad):
@@ -314,7 +318,7 @@ class Trainer:
         self.view = view
         if cfg.batch_size % ctx.world:
             raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world} processes")
-        self.train_idx = check_stores(cfg.store, "train", view, height, width, cfg.batch_size)
+        self.train_idx = check_stores(cfg.store, "train", view, height, width, cfg.batch_size, cfg.frame_step)
         self.train_data = FrameDataset(cfg.stores, view)
         val_sets = cfg.validation_sets()
         self.val_data = FrameDataset([path for path, _ in val_sets], view)
