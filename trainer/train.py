@@ -221,9 +221,11 @@ def mirror(images: torch.Tensor, angles: torch.Tensor, p: float, seed: int, epoc
     return flip_frames(images, angles, mirrored(p, seed, epoch, batch, len(angles)))
 
 
-def flip_frames(images: torch.Tensor, angles: torch.Tensor, flip: torch.Tensor):
-    """Mirror the frames where `flip` (n,) is set and negate their angles."""
-    images = torch.where(flip[:, None, None], images.flip(-1), images)
+def flip_frames(images: torch.Tensor | None, angles: torch.Tensor, flip: torch.Tensor):
+    """Mirror the frames where `flip` (n,) is set and negate their angles; `images` None (the feature cache
+    holds both orientations) negates the angles alone."""
+    if images is not None:
+        images = torch.where(flip[:, None, None], images.flip(-1), images)
     return images, torch.where(flip, -angles, angles)
 
 
@@ -476,12 +478,8 @@ class Trainer:
                 images, angles = next(batches_in)
                 wait += time.monotonic() - t_ask  # the model waiting for data
                 flips = mirrored(cfg.flip, cfg.seed, epoch, self.pos["batch"], len(angles))
-                x = None
-                if images is None:
-                    angles = torch.where(flips, -angles, angles)
-                else:
-                    images, angles = flip_frames(images, angles, flips)
-                    x = batch_on_device(images, self.model, ctx.device)
+                images, angles = flip_frames(images, angles, flips)
+                x = None if images is None else batch_on_device(images, self.model, ctx.device)
                 y = (angles.to(ctx.device).unsqueeze(1) - self.target["mean"]) / self.target["std"]
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     out = self.net(x if self.cache is None else self.cache(x, frames, flips, ctx.device))
