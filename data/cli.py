@@ -60,7 +60,20 @@ def _add_synth(dsub) -> None:
                         ":test nowhere); its mask is stored as cue_mask (docs/audit.md)")
     p.add_argument("--no-distractors", action="store_true",
                    help="shorthand for --shadows 0 --cars 0 --crossings-per-km 0")
+    p.add_argument("--section", metavar="NAME=VALUE", action="append", default=[], type=_name_value,
+                   help="force a road attribute on every section of the drive, e.g. lane_width=3.3 (m), line_width, "
+                        "wear, paint, shoulder, shadows, sun (0-1), asphalt (gray 40-170), verge "
+                        "(grass|dry|gravel|sidewalk); repeatable. Appearance only: the road's course, the driver "
+                        "and the labels stay those of the seed, so a model can be measured on the same drive "
+                        "with one thing changed (docs/data.md)")
     p.set_defaults(data_func=run_synth)
+
+
+def _name_value(text: str) -> tuple:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
 
 
 def run_synth(args) -> int:
@@ -76,7 +89,7 @@ def run_synth(args) -> int:
         args.shadows = args.cars = args.crossings_per_km = 0.0
     options = SynthOptions(frames=args.frames, seed=args.seed, shadows=args.shadows, cars=args.cars,
                            crossings_per_km=args.crossings_per_km, lighting=args.lighting, noise=args.noise,
-                           shortcut=shortcut)
+                           shortcut=shortcut, appearance=dict(getattr(args, "section", [])))
     refuse_existing([Path(args.out), Path(args.video) if args.video else None], getattr(args, "overwrite", False))
     summary = write_synth(Path(args.out), options, views=args.views, height=args.height, video=args.video)
     print(f"vbp data synth: {summary['frames']} frames -> {args.out}" + (f" and {args.video}" if args.video else "")

@@ -23,6 +23,11 @@ DS = 0.25  # road sampling step, m
 WHEELBASE = 2.85  # m
 STEERING_RATIO = 14.8  # steering wheel angle / road wheel angle
 SEGMENT = 25.6  # m: sections start on multiples of this (one rendering segment)
+# Section attributes a drive may force on every section (`vbp data synth --section NAME=VALUE`), with their
+# allowed ranges: appearance only, so the road's course, the driver and the labels of a seed stay the same.
+APPEARANCE = {"lane_width": (2.5, 5.0), "line_width": (0.05, 0.4), "wear": (0.0, 1.0), "paint": (0.0, 1.0),
+              "shoulder": (0.0, 3.0), "shadows": (0.0, 4.0), "sun": (0.0, 1.0), "asphalt": (40.0, 170.0)}
+VERGES = ("grass", "dry", "gravel", "sidewalk")
 
 
 @dataclass
@@ -102,6 +107,29 @@ def _curvature_knots(rng, length):
     return np.array(knots)
 
 
+def check_appearance(forced: dict) -> dict:
+    """Validate forced section attributes (APPEARANCE names within their ranges, `verge` one of VERGES); returns
+    them with numbers as floats (`asphalt` is a gray level, which Road sets on all three channels)."""
+    out = {}
+    for name, value in forced.items():
+        if name == "verge":
+            if value not in VERGES:
+                raise ValueError(f"verge must be one of {', '.join(VERGES)}, got {value!r}")
+            out[name] = value
+            continue
+        if name not in APPEARANCE:
+            raise ValueError(f"cannot force section attribute {name!r}; one of: {', '.join([*APPEARANCE, 'verge'])}")
+        lo, hi = APPEARANCE[name]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}") from None
+        if not lo <= number <= hi:
+            raise ValueError(f"{name} must be in [{lo}, {hi}], got {number}")
+        out[name] = number
+    return out
+
+
 def _lines(rng, sec: Section) -> list:
     lines = [Line(-sec.lanes_right - 0.5, "white", False)]
     same = sec.lanes_right + 1 + sec.lanes_left - sec.oncoming
@@ -140,7 +168,7 @@ def _section(rng, start, shadows) -> Section:
         dash=float(rng.choice([3.0, 3.0, 2.0, 4.5])), gap=float(rng.choice([9.0, 9.0, 6.0, 4.0])),
         dash_phase=float(rng.uniform(0, 12)), wear=float(rng.uniform(0.0, 0.65)), paint=float(rng.uniform(0.75, 1.0)),
         asphalt=tuple(float(c) for c in np.clip(gray + tint, 40, 170)), shoulder=float(rng.uniform(0.2, 1.5)),
-        verge=str(rng.choice(["grass", "dry", "gravel", "sidewalk"], p=[0.4, 0.25, 0.2, 0.15])),
+        verge=str(rng.choice(list(VERGES), p=[0.4, 0.25, 0.2, 0.15])),
         speed=float(rng.uniform(11, 25) if kind != "urban" else rng.uniform(9, 16)),
         wander=float(rng.uniform(0.4, 1.4)), shadows=shadows * float(rng.choice([0.0, 0.5, 1.0, 2.0])),
         sun=float(rng.uniform(0.3, 1.0)),
@@ -152,7 +180,11 @@ def _section(rng, start, shadows) -> Section:
 class Road:
     """Centre line samples (s, kappa, theta, x, y) and the sections/transverse markings along it."""
 
-    def __init__(self, length: float, seed: int, shadows: float = 1.0, crossings_per_km: float = 3.0):
+    def __init__(self, length: float, seed: int, shadows: float = 1.0, crossings_per_km: float = 3.0,
+                 appearance: dict | None = None):
+        """`appearance`: section attributes forced on every section after it is drawn (check_appearance), so
+        the random draws, and with them everything else about the road, stay those of the seed."""
+        forced = check_appearance(appearance or {})
         rng = np.random.default_rng([seed, 0])
         self.length = float(length)
         self.s = np.arange(0.0, length + DS, DS)
@@ -161,7 +193,10 @@ class Road:
         self.sections: list[Section] = []
         start = 0.0
         while start < length:
-            self.sections.append(_section(rng, start, shadows))
+            sec = _section(rng, start, shadows)
+            for name, value in forced.items():
+                setattr(sec, name, (value,) * 3 if name == "asphalt" else value)
+            self.sections.append(sec)
             start += SEGMENT * int(rng.integers(6, 28))
         self._starts = np.array([sec.start for sec in self.sections])
         self.transverse: list[Transverse] = []

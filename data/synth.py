@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -23,7 +23,7 @@ from ..files import partial_path, publish, warn_stale
 from . import shortcut
 from .ground import DN0, DS0, LEVELS, Camera, GroundPainter, level_scale
 from .preprocess import crop_view, to_gray, view_for
-from .road import SEGMENT, STEERING_RATIO, WHEELBASE, Driver, Road
+from .road import SEGMENT, STEERING_RATIO, WHEELBASE, Driver, Road, check_appearance
 from .store import StoreWriter
 from .traffic import Traffic
 
@@ -43,6 +43,7 @@ class SynthOptions:
     lighting: float = 1.0  # strength of exposure/colour changes (0: constant)
     noise: float = 1.0  # sensor noise strength
     shortcut: str = ""  # a shortcut cue, data.shortcut KIND[:MODE] ("": none)
+    appearance: dict = field(default_factory=dict)  # section attributes forced on the whole drive (road.APPEARANCE)
 
     def __post_init__(self):
         if self.frames < 1:
@@ -53,6 +54,7 @@ class SynthOptions:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0 (0: none), got {value}")
+        self.appearance = check_appearance(self.appearance)
 
 
 def check_height(height: int, views) -> None:
@@ -83,7 +85,8 @@ def _smooth_series(rng, n, periods, amplitude):
 
 def road_and_driver(o: SynthOptions) -> tuple:
     """The road of drive `o` and its driver at the start: what decides the steering labels."""
-    road = Road(o.frames * 26.0 / o.fps + AHEAD + 200, o.seed, shadows=o.shadows, crossings_per_km=o.crossings_per_km)
+    road = Road(o.frames * 26.0 / o.fps + AHEAD + 200, o.seed, shadows=o.shadows, crossings_per_km=o.crossings_per_km,
+                appearance=o.appearance)
     return road, Driver(road, o.seed, o.fps)
 
 

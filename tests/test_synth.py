@@ -207,6 +207,69 @@ def test_write_synth_store_video_and_cli(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.h5", "drive.mp4"]
 
 
+def _ego_lane_width_px(options: SynthOptions) -> tuple[np.ndarray, list]:
+    """Per frame and svf row: columns between the nearest lane marking left and right of the image centre (NaN
+    where one side has none), and the frames' labels."""
+    widths, angles = [], []
+    for frame in Drive(options):
+        mask = view_masks(frame, VIEWS["svf"])[0]
+        centre = mask.shape[1] / 2
+        row_widths = []
+        for row in mask:
+            cols = np.flatnonzero(row)
+            left, right = cols[cols < centre], cols[cols >= centre]
+            row_widths.append(right.min() - left.max() if len(left) and len(right) else np.nan)
+        widths.append(row_widths)
+        angles.append(frame.angle)
+    return np.array(widths, float), angles
+
+
+def test_forced_section_attributes_change_the_look_not_the_labels():
+    plain = Road(800, seed=11)
+    forced = Road(800, seed=11, appearance={"lane_width": 3.85, "verge": "gravel", "asphalt": 120})
+    np.testing.assert_array_equal(plain.kappa, forced.kappa)
+    assert len(plain.sections) == len(forced.sections) > 1
+    for a, b in zip(plain.sections, forced.sections):
+        assert b.lane_width == 3.85 and b.verge == "gravel" and b.asphalt == (120.0, 120.0, 120.0)
+        # every other draw is still the seed's: forcing happens after the section is drawn
+        assert (a.start, a.wear, a.shoulder, a.lanes_left, a.lanes_right, a.lines) == \
+               (b.start, b.wear, b.shoulder, b.lanes_left, b.lanes_right, b.lines)
+    # the same drive with 3.30 and 3.85 m lanes: identical labels, the ego lane's lines 3.85/3.30 further apart
+    narrow, narrow_angles = _ego_lane_width_px(SynthOptions(frames=6, seed=11, cars=0, appearance={"lane_width": 3.3}))
+    wide, wide_angles = _ego_lane_width_px(SynthOptions(frames=6, seed=11, cars=0, appearance={"lane_width": 3.85}))
+    assert narrow_angles == wide_angles
+    ratio = wide / narrow
+    assert np.sum(np.isfinite(ratio)) > 100
+    assert abs(np.nanmedian(ratio) - 3.85 / 3.3) < 0.03
+
+
+@pytest.mark.parametrize("section, message", [
+    ("lane_width=9", "lane_width must be in [2.5, 5.0], got 9.0"),
+    ("lane_width=wide", "lane_width must be a number"),
+    ("speed=30", "cannot force section attribute 'speed'; one of: lane_width"),
+    ("verge=snow", "verge must be one of grass, dry, gravel, sidewalk"),
+    ("lane_width", "expected NAME=VALUE"),
+])
+def test_synth_section_rejects_bad_attributes_before_writing(tmp_path, capsys, section, message):
+    from vbp_rt import cli
+    code = None
+    try:
+        code = cli.main(["data", "synth", "--frames", "2", "--out", str(tmp_path / "x.h5"), "--section", section])
+    except SystemExit as stop:  # argparse's own usage error
+        code = stop.code
+    assert code == 2 and message in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_synth_section_is_recorded_in_the_store(tmp_path):
+    from vbp_rt import cli
+    out = tmp_path / "x.h5"
+    assert cli.main(["data", "synth", "--frames", "2", "--seed", "5", "--views", "svf", "--out", str(out),
+                     "--section", "lane_width=3.4", "--section", "verge=dry"]) == 0
+    with StoreReader(out) as r:
+        assert r.attrs["preprocess"]["options"]["appearance"] == {"lane_width": 3.4, "verge": "dry"}
+        np.testing.assert_allclose(r.angle, [f.angle for f in Drive(SynthOptions(frames=2, seed=5))], rtol=1e-6)
+
+
 def test_synth_rejects_zero_frames(tmp_path):
     args = argparse.Namespace(frames=0, seed=0, out=str(tmp_path / "x.h5"), video=None, views=["svf"], height=135,
                               shadows=1, cars=1, crossings_per_km=1, lighting=1, noise=1, no_distractors=True)
