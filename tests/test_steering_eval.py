@@ -84,17 +84,17 @@ def test_label_bins_refuse_bad_edges(edges):
 
 
 class Biased(torch.nn.Module):
-    """Reads the angle back from the bar position of trainer_helpers.make_store, plus a fixed bias."""
+    """Reads the angle back from the bar position of trainer_helpers.make_store, times `gain`, plus a fixed bias."""
 
-    def __init__(self, config, bias):
+    def __init__(self, config, bias, gain=1.0):
         super().__init__()
-        self.config, self.bias = config, bias
+        self.config, self.bias, self.gain = config, bias, gain
 
     def forward(self, x):
         w = x.shape[-1]
         col = (x[:, 0, 0] > 200 / 255).float()
         centre = (col * torch.arange(w)).sum(1) / col.sum(1)
-        return ((centre - w / 2 + 0.5) * 50 / w + self.bias)[:, None]
+        return ((centre - w / 2 + 0.5) * 50 / w * self.gain + self.bias)[:, None]
 
 
 def test_evaluate_finds_a_known_bias_per_drive(tmp_path):
@@ -110,6 +110,25 @@ def test_evaluate_finds_a_known_bias_per_drive(tmp_path):
         assert row["corr"] > 0.99
     assert result["all"]["frames"] == 150 and result["all"]["max_abs_bias"] == pytest.approx(1.75, abs=0.35)
     assert result["all"]["median_ratio"] == pytest.approx(np.median([r["ratio"] for r in result["drives"]]))
+    assert result["all"]["drive_bias_sd"] < 0.35  # one bias on every drive: no spread beyond the bar's steps
+
+
+def test_evaluate_reports_the_spread_of_bias_between_drives(tmp_path):
+    """A gain of 3 makes each drive's bias 2x its mean label - 1.75: the spread is known from the labels alone."""
+    paths = [make_store(tmp_path / f"d{i}.h5", frames=50, seed=10 + i) for i in range(4)]
+    model = Biased(build("nethvf", height=HEIGHT, channels=(4, 4), strides=(), fc=(8,)).config, bias=-1.75, gain=3.0)
+    result = steering_eval.evaluate(model, [str(p) for p in paths], batch_size=16)
+    expected = []
+    for path in paths:
+        with StoreReader(path) as r:
+            expected.append(2 * r.angle[:].astype(np.float64).mean() - 1.75)
+    assert np.std(expected, ddof=1) > 1.0  # the drives do differ
+    # the bar steps shift every drive alike (about -0.2 deg), so the spread matches closely (ddof=0 is 0.4 off)
+    assert result["all"]["drive_bias_sd"] == pytest.approx(np.std(expected, ddof=1), abs=0.1)
+    assert result["all"]["drive_bias_mean"] == pytest.approx(np.mean(expected), abs=0.35)
+    assert "bias per drive" in steering_eval.markdown(result)
+    one = steering_eval.evaluate(model, [str(paths[0])], batch_size=16)
+    assert one["all"]["drive_bias_sd"] is None and "bias per drive" not in steering_eval.markdown(one)
 
 
 def test_train_eval_command_writes_table_csv_plot_and_refuses_to_overwrite(tmp_path, capsys):

@@ -3,7 +3,8 @@
 Per drive: RMSE, RMSE of always predicting 0 and their ratio, mean error (bias, prediction minus
 label), correlation, mean label and prediction, and the worst stretch of `window` consecutive frames
 (highest RMSE). Over all drives: the same on the pooled frames, plus the median and worst per-drive
-ratio and the largest |bias|. Per label bin (pooled and per drive): the mean error, which shows a model
+ratio, the largest |bias| and the per-drive bias's mean and spread (sample standard deviation over drives:
+how far one more drive of the same kind may land from the rest). Per label bin (pooled and per drive): the mean error, which shows a model
 that under-steers sharp curves while its drive-wide bias looks small. `vbp train-eval` writes them as
 Markdown and CSV and plots prediction against label over time.
 """
@@ -76,7 +77,8 @@ def metrics(pred, label, window: int = WINDOW) -> dict:
 
 
 def evaluate(model, stores, batch_size: int = 32, window: int = WINDOW) -> dict:
-    """{"drives": [{name, path, metrics...}], "all": pooled metrics + median/max ratio, max |bias|,
+    """{"drives": [{name, path, metrics...}], "all": pooled metrics + median/max ratio, max |bias|, per-drive
+    bias mean and sample sd (None for one drive),
     "series": {name: (pred, label)}} for a model (name, path or module) on several stores."""
     model = load_model(model) if not isinstance(model, torch.nn.Module) else model
     rows, series = [], {}
@@ -87,9 +89,10 @@ def evaluate(model, stores, batch_size: int = 32, window: int = WINDOW) -> dict:
         rows.append({"drive": name, "path": str(path), **metrics(pred, label, window)})
     pooled = metrics(np.concatenate([p for p, _ in series.values()]),
                      np.concatenate([lab for _, lab in series.values()]), window)
-    ratios = np.array([r["ratio"] for r in rows])
+    ratios, biases = np.array([r["ratio"] for r in rows]), np.array([r["bias"] for r in rows])
     pooled.update(median_ratio=float(np.median(ratios)), max_ratio=float(ratios.max()),
-                  max_abs_bias=float(max(abs(r["bias"]) for r in rows)), drives=len(rows))
+                  max_abs_bias=float(np.abs(biases).max()), drive_bias_mean=float(biases.mean()),
+                  drive_bias_sd=float(biases.std(ddof=1)) if len(rows) > 1 else None, drives=len(rows))
     return {"drives": rows, "all": pooled, "series": series}
 
 
@@ -165,10 +168,15 @@ def markdown(result: dict, title: str = "", by_label: list | None = None) -> str
         lines.append("| " + " | ".join(f.format(row[k]) for k, _, f in COLUMNS) + " |")
     a = result["all"]
     lines += ["", f"{a['drives']} drives: median ratio {a['median_ratio']:.3f}, worst ratio {a['max_ratio']:.3f}, "
-                  f"largest |bias| {a['max_abs_bias']:.2f} deg (the \"all\" row pools every frame).",
+                  f"largest |bias| {a['max_abs_bias']:.2f} deg{_spread(a)} (the \"all\" row pools every frame).",
               "", "Mean error (prediction - label, deg) per label bin, with its frames:", ""]
     rows = bias_by_label(result) if by_label is None else by_label
     return "\n".join(lines) + "\n" + by_label_markdown(rows, [r["drive"] for r in result["drives"]])
+
+
+def _spread(a: dict) -> str:
+    sd = a.get("drive_bias_sd")
+    return "" if sd is None else f", bias per drive {a['drive_bias_mean']:+.2f} +- {sd:.2f} deg (mean +- sd)"
 
 
 def csv_text(result: dict) -> str:
