@@ -3,10 +3,11 @@
 Per drive: RMSE, RMSE of always predicting 0 and their ratio, mean error (bias, prediction minus
 label), correlation, mean label and prediction, and the worst stretch of `window` consecutive frames
 (highest RMSE). Over all drives: the same on the pooled frames, plus the median and worst per-drive
-ratio, the largest |bias| and the per-drive bias's mean and spread (sample standard deviation over drives:
-how far one more drive of the same kind may land from the rest). Per label bin (pooled and per drive): the mean error, which shows a model
-that under-steers sharp curves while its drive-wide bias looks small. `vbp train-eval` writes them as
-Markdown and CSV and plots prediction against label over time.
+ratio, the largest |bias| and the per-drive bias's mean and spread (sample standard deviation over
+drives: how far one more drive of the same kind may land from the rest). Per label bin (pooled and per
+drive): the mean error, which shows a model that under-steers sharp curves while its drive-wide bias
+looks small. `vbp train-eval` writes them as Markdown and CSV and plots prediction against label over
+time.
 """
 from __future__ import annotations
 
