@@ -218,6 +218,8 @@ def test_ship_half_precision_and_evaluate(run, tmp_path):
     mask = explain(model, x, "vbp").mask.numpy().astype(np.float64)
     on_lane = ((mask * lane).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean()
     assert full["mask_on_lane"] == pytest.approx(on_lane, rel=1e-4)
+    on_distractor = ((mask * dist).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean()
+    assert 0 < on_distractor and full["mask_on_distractor"] == pytest.approx(on_distractor, rel=1e-4)
     assert full["lane_area"] == pytest.approx(lane.mean(axis=(1, 2)).mean())
     assert full["distractor_area"] == pytest.approx(40 / 351)
 
