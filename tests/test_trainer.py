@@ -97,14 +97,41 @@ def test_resume_continues_the_same_run(store, tmp_path):
     train(tiny(store, straight, snapshots=()))
     split = tmp_path / "split"
     train(tiny(store, split, epochs=1, snapshots=()))
+    mid = read_checkpoint(split / "last.pt")["state_dict"]
     train(resume_dir=split, epochs=2)
     a, b = read_checkpoint(straight / "last.pt"), read_checkpoint(split / "last.pt")
     assert b["position"] == a["position"] and b["step"] == a["step"]
-    for k in a["state_dict"]:
-        torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], rtol=1e-5, atol=1e-6)
+    # Equal up to rounding: the checkpoint holds the last layer folded into degrees (w*std, b*std+mean), and
+    # unfolding it on resume rounds in float32; 13 steps at lr 1e-3 can grow that to ~1e-5. A resume that
+    # lost the momentum, the data order or the flips differs by a sizeable part of epoch 2's update.
+    for k, v in a["state_dict"].items():
+        if v.is_floating_point():
+            moved = float((v - mid[k]).abs().max())
+            assert float((b["state_dict"][k] - v).abs().max()) <= 1e-3 * moved + 1e-7, k
+        else:
+            assert torch.equal(b["state_dict"][k], v), k
     with RunLogReader(split / "runlog.h5") as log:
         np.testing.assert_allclose(log.metrics()["epoch"], [1, 2])
         np.testing.assert_allclose(log.snapshots()["epoch"], [1, 2])
+
+
+def test_every_checkpoint_finds_the_log_as_far_as_itself(store, tmp_path, monkeypatch):
+    """A run killed right after a checkpoint resumes from it: the log must already hold its steps."""
+    import vbp_rt.trainer.train as train_module
+
+    seen, save = [], train_module.save_checkpoint
+
+    def checking_save(path, model, **extra):
+        if path.name == "last.pt" and extra["step"] > 0:
+            # the bytes on disk, as a kill would leave them (this process's HDF5 would share its own cache)
+            copy = shutil.copy(path.parent / "runlog.h5", tmp_path / "on_disk.h5")
+            with RunLogReader(copy) as log:
+                seen.append((len(log.steps()["epoch"]), extra["step"]))
+        save(path, model, **extra)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", checking_save)
+    train(tiny(store, tmp_path / "run", snapshots=(), checkpoint_minutes=0.0))
+    assert len(seen) > 10 and all(rows == step for rows, step in seen), seen
 
 
 def test_mirror_flips_frames_and_negates_their_angles():

@@ -107,6 +107,10 @@ class RunLogWriter:
             self.file.flush()
             self._last_flush = now
 
+    def flush(self) -> None:
+        """Write every row to disk now: before a checkpoint, so that a run killed after it resumes with no row lost."""
+        self._maybe_flush(force=True)
+
     def snapshot(self, epoch: float, masks, predictions) -> None:
         """Masks (P,H,W) in [0,1] and predictions (P,) of the probe frames after `epoch` epochs."""
         self._append("snapshots", {"epoch": [epoch], "mask": np.asarray(masks)[None],

@@ -394,6 +394,8 @@ class Trainer:
         return extra
 
     def save(self, best: bool = False) -> None:
+        if self.runlog is not None:  # the log reaches at least as far as the checkpoint
+            self.runlog.flush()
         extra = self._checkpoint_extra()
         model = fold(self.model, self.target)
         save_checkpoint(self.run_dir / "last.pt", model, **extra)
