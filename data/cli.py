@@ -112,12 +112,18 @@ def _add_screen(dsub) -> None:
     p.add_argument("--min-frames", type=int, default=1, help="frames beyond the threshold a seed needs")
     p.add_argument("--exclude", default="", help="seeds never to list (e.g. validation and test drives)")
     p.add_argument("--table", action="store_true", help="print seed, frames beyond, mean and peak label of every seed")
+    p.add_argument("--layout", action="store_true",
+                   help="with --table, add each drive's road layout averaged over its frames: lane width (m), lanes "
+                        "right and left of the ego lane, oncoming lanes, line width, paint, wear, shoulder, sun, "
+                        "shadows, asphalt gray and the share of frames with same-direction lanes on both sides "
+                        "(to set against a model's per-drive bias from `vbp train-eval`)")
     p.set_defaults(data_func=run_screen)
 
 
 def run_screen(args) -> int:
-    from .screen import screen
+    from .screen import drive_layout, screen
     from .seeds import parse_seeds
+    from .synth import SynthOptions
 
     if args.frames < 1 or args.min_frames < 0 or not args.beyond >= 0:
         raise ValueError("--frames must be >= 1, --min-frames >= 0 and --beyond >= 0")
@@ -125,10 +131,14 @@ def run_screen(args) -> int:
     seeds = [s for s in parse_seeds(args.seeds) if s not in excluded]
     rows = screen(seeds, args.frames, args.beyond)
     chosen = [r for r in rows if r.beyond >= args.min_frames]
+    if args.layout and not args.table:
+        raise ValueError("--layout adds columns to --table; give both")
     if args.table:
-        print("seed,frames_beyond,mean_deg,peak_deg")
-        for r in rows:
-            print(f"{r.seed},{r.beyond},{r.mean:.2f},{r.peak:.2f}")
+        layouts = [drive_layout(SynthOptions(frames=args.frames, seed=r.seed)) for r in rows] if args.layout else []
+        print(",".join(["seed", "frames_beyond", "mean_deg", "peak_deg", *(layouts[0] if layouts else ())]))
+        for k, r in enumerate(rows):
+            extra = "".join(f",{v:.4g}" for v in layouts[k].values()) if layouts else ""
+            print(f"{r.seed},{r.beyond},{r.mean:.2f},{r.peak:.2f}{extra}")
     else:
         for r in chosen:
             print(r.seed)

@@ -25,6 +25,23 @@ def drive_labels(options: SynthOptions) -> np.ndarray:
     return out
 
 
+LAYOUT = ("lane_width", "lanes_right", "lanes_left", "oncoming", "line_width", "paint", "wear", "shoulder", "sun",
+          "shadows")
+
+
+def drive_layout(options: SynthOptions) -> dict:
+    """The road section under the car at each frame of the drive, averaged: the `LAYOUT` attributes of
+    `data.road.Section`, the asphalt's gray (0-255) and `middle_lane`, the share of frames with same-direction
+    lanes on both sides of the ego lane."""
+    road, driver = road_and_driver(options)
+    rows = []
+    for _ in range(options.frames):
+        sec = road.section(driver.step().s)
+        rows.append([float(getattr(sec, name)) for name in LAYOUT]
+                    + [float(np.mean(sec.asphalt)), float(sec.lanes_right >= 1 and sec.lanes_left > sec.oncoming)])
+    return dict(zip(LAYOUT + ("asphalt_gray", "middle_lane"), np.mean(rows, axis=0).tolist()))
+
+
 @dataclass
 class Screened:
     seed: int
