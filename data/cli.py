@@ -127,12 +127,12 @@ def run_screen(args) -> int:
 
     if args.frames < 1 or args.min_frames < 0 or not args.beyond >= 0:
         raise ValueError("--frames must be >= 1, --min-frames >= 0 and --beyond >= 0")
+    if args.layout and not args.table:
+        raise ValueError("--layout adds columns to --table; give both")
     excluded = set(parse_seeds(args.exclude)) if args.exclude.strip() else set()
     seeds = [s for s in parse_seeds(args.seeds) if s not in excluded]
     rows = screen(seeds, args.frames, args.beyond)
     chosen = [r for r in rows if r.beyond >= args.min_frames]
-    if args.layout and not args.table:
-        raise ValueError("--layout adds columns to --table; give both")
     if args.table:
         layouts = [drive_layout(SynthOptions(frames=args.frames, seed=r.seed)) for r in rows] if args.layout else []
         print(",".join(["seed", "frames_beyond", "mean_deg", "peak_deg", *(layouts[0] if layouts else ())]))
