@@ -336,7 +336,10 @@ class Trainer:
                 self.model.load_state_dict(initial_weights(cfg.init, self.model, self.target))
         else:
             self.target = dict(resume["target"])
-            self.model.load_state_dict(unfold(resume["state_dict"], self.model, self.target))
+            state = unfold(resume["state_dict"], self.model, self.target)
+            last = _last_layer(self.model)
+            state.update({f"{last}.{k}": v for k, v in resume.get("head", {}).items()})  # exact where saved
+            self.model.load_state_dict(state)
         # channels-last convolutions are markedly faster on CPU (oneDNN)
         self.model.to(ctx.device, memory_format=torch.channels_last if ctx.device.type == "cpu" else None)
         self.cache = self.val_cache = None
@@ -389,8 +392,9 @@ class Trainer:
         extra = {"train_config": asdict(self.cfg), "target": self.target, "position": dict(self.pos),
                  "epoch": self.progress(), "step": self.pos["step"], "best_val_rmse": self.best,
                  "history": list(self.history), "metrics": self.history[-1] if self.history else {}}
-        if optimizer:
+        if optimizer:  # resumable: also the last layer as trained (unfolding degrees would round it)
             extra["optimizer"] = self.opt.state_dict()
+            extra["head"] = {k: v.detach().cpu().clone() for k, v in self.model.head[-1].state_dict().items()}
         return extra
 
     def save(self, best: bool = False) -> None:
