@@ -121,9 +121,8 @@ def _add_screen(dsub) -> None:
 
 
 def run_screen(args) -> int:
-    from .screen import drive_layout, screen
+    from .screen import screen
     from .seeds import parse_seeds
-    from .synth import SynthOptions
 
     if args.frames < 1 or args.min_frames < 0 or not args.beyond >= 0:
         raise ValueError("--frames must be >= 1, --min-frames >= 0 and --beyond >= 0")
@@ -131,13 +130,12 @@ def run_screen(args) -> int:
         raise ValueError("--layout adds columns to --table; give both")
     excluded = set(parse_seeds(args.exclude)) if args.exclude.strip() else set()
     seeds = [s for s in parse_seeds(args.seeds) if s not in excluded]
-    rows = screen(seeds, args.frames, args.beyond)
+    rows = screen(seeds, args.frames, args.beyond, layout=args.layout)
     chosen = [r for r in rows if r.beyond >= args.min_frames]
     if args.table:
-        layouts = [drive_layout(SynthOptions(frames=args.frames, seed=r.seed)) for r in rows] if args.layout else []
-        print(",".join(["seed", "frames_beyond", "mean_deg", "peak_deg", *(layouts[0] if layouts else ())]))
-        for k, r in enumerate(rows):
-            extra = "".join(f",{v:.4g}" for v in layouts[k].values()) if layouts else ""
+        print(",".join(["seed", "frames_beyond", "mean_deg", "peak_deg", *(rows[0].layout or {} if rows else {})]))
+        for r in rows:
+            extra = "".join(f",{v:.4g}" for v in (r.layout or {}).values())
             print(f"{r.seed},{r.beyond},{r.mean:.2f},{r.peak:.2f}{extra}")
     else:
         for r in chosen:
