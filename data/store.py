@@ -193,9 +193,9 @@ def check_hdf5_size(path) -> None:
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(64)
-    if head[:8] != HDF5_SIGNATURE or head[8] not in SUPERBLOCK:
+    if head[:8] != HDF5_SIGNATURE or (len(head) > 8 and head[8] not in SUPERBLOCK):
         return
-    size_at, base_at = SUPERBLOCK[head[8]]
+    size_at, base_at = SUPERBLOCK[head[8]] if len(head) > 8 else SUPERBLOCK[0]  # the signature alone: cut
     width = head[size_at] if len(head) > size_at else 0
     eof_at = base_at + 2 * width
     if width not in (2, 4, 8) or len(head) < eof_at + width:

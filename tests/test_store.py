@@ -187,7 +187,7 @@ def test_vbp_explain_reads_a_store(tmp_path):
         assert [s.decode() for s in f["source"][:]] == [f"{tmp_path / 's.h5'}#{i}" for i in range(3)]
 
 
-@pytest.mark.parametrize("keep", [16, 47, 2000, -1])
+@pytest.mark.parametrize("keep", [8, 9, 16, 47, 2000, -1])
 def test_cut_store_is_one_clear_error(tmp_path, keep):
     """A store cut short, even inside its superblock (where the HDF5 library itself would loop forever)."""
     from tests.viewer_helpers import write_drive
