@@ -133,7 +133,8 @@ def run_screen(args) -> int:
     rows = screen(seeds, args.frames, args.beyond, layout=args.layout)
     chosen = [r for r in rows if r.beyond >= args.min_frames]
     if args.table:
-        print(",".join(["seed", "frames_beyond", "mean_deg", "peak_deg", *(rows[0].layout or {} if rows else {})]))
+        layout_columns = list(rows[0].layout) if rows and rows[0].layout else []
+        print(",".join(["seed", "frames_beyond", "mean_deg", "peak_deg", *layout_columns]))
         for r in rows:
             extra = "".join(f",{v:.4g}" for v in (r.layout or {}).values())
             print(f"{r.seed},{r.beyond},{r.mean:.2f},{r.peak:.2f}{extra}")
