@@ -131,6 +131,31 @@ def test_evaluate_reports_the_spread_of_bias_between_drives(tmp_path):
     assert one["all"]["drive_bias_sd"] is None and "bias per drive" not in steering_eval.markdown(one)
 
 
+def test_mirror_separates_a_fixed_offset_from_a_misreading(tmp_path):
+    """Biased reads the bar exactly left-right (gain 3 misreads it, in a way that turns with the mirror) and adds
+    a fixed -1.75: mirrored, the offset changes sign; the mean of both readings is the offset-free reading."""
+    paths = [make_store(tmp_path / f"d{i}.h5", frames=50, seed=10 + i) for i in range(3)]
+    config = build("nethvf", height=HEIGHT, channels=(4, 4), strides=(), fc=(8,)).config
+    result = steering_eval.evaluate(Biased(config, bias=-1.75, gain=3.0), [str(p) for p in paths], batch_size=16,
+                                    mirror=True)
+    plain = steering_eval.evaluate(Biased(config, bias=0.0, gain=3.0), [str(p) for p in paths], batch_size=16)
+    assert plain["all"]["drive_bias_sd"] > 1.0  # the gain's misreading differs between drives; the mean keeps it
+    for row, ref in zip(result["drives"], plain["drives"]):
+        assert row["mirror_mean_bias"] == pytest.approx(ref["bias"], abs=1e-5)
+        assert row["mirror_bias"] == pytest.approx(ref["bias"] + 1.75, abs=1e-5)
+        assert row["bias"] == pytest.approx(ref["bias"] - 1.75, abs=1e-5)
+    a = result["all"]
+    assert a["mirror_mean_bias"] == pytest.approx(plain["all"]["bias"], abs=1e-5)
+    assert a["mirror_mean_bias_sd"] == pytest.approx(plain["all"]["drive_bias_sd"], abs=1e-5)
+    assert a["mirror_bias_max_abs"] == pytest.approx(max(abs(r["bias"] + 1.75) for r in plain["drives"]), abs=1e-5)
+    md = steering_eval.markdown(result)
+    assert "mirror-mean bias (deg)" in md and "Read mirrored left-right" in md
+    assert f"{result['drives'][0]['mirror_bias']:+.2f}" in md.split("\n")[2]
+    csv_rows = list(csv.DictReader(io.StringIO(steering_eval.csv_text(result))))
+    assert float(csv_rows[-1]["mirror_mean_bias"]) == pytest.approx(a["mirror_mean_bias"], abs=1e-4)
+    assert "mirror" not in steering_eval.markdown(plain) and "mirror" not in steering_eval.csv_text(plain)
+
+
 def test_train_eval_command_writes_table_csv_plot_and_refuses_to_overwrite(tmp_path, capsys):
     paths = [make_store(tmp_path / f"d{i}.h5", frames=40, seed=i) for i in range(2)]
     model = build("nethvf", height=HEIGHT, channels=(4, 4), strides=(), fc=(8,))

@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("--label-bins", default="10,25,40,55", metavar="DEGREES",
                    help="|label| edges of the mean-error-per-label table, mirrored for left and right "
                         "(default 10,25,40,55: bins below -55, -55 to -40, ..., 55 and above)")
+    p.add_argument("--mirror", action="store_true",
+                   help="also read every frame mirrored left-right (the prediction negated) and report each drive's "
+                        "bias that way and for the mean of both readings: a bias that keeps its sign is a misreading "
+                        "of the road, one that flips is an offset the mirror does not change (twice the time)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
     p.add_argument("--force", action="store_true", help="replace the results of an earlier run in OUT")
@@ -60,7 +64,7 @@ def run(args) -> int:
     if not items:
         raise ValueError("give at least one DRIVE or --seeds")
     paths = drives.resolve(items, args.frames, args.drives_dir)
-    result = steering_eval.evaluate(args.model, paths, args.batch_size, args.window)
+    result = steering_eval.evaluate(args.model, paths, args.batch_size, args.window, mirror=args.mirror)
     title = f"{args.model} on {len(paths)} drives"
     by_label = steering_eval.bias_by_label(result, edges)
     table = steering_eval.markdown(result, title=f"Steering accuracy of {args.model}", by_label=by_label)

@@ -29,8 +29,9 @@ LABEL_EDGES = (10.0, 25.0, 40.0, 55.0)  # |label| bin edges in degrees, mirrored
 
 
 @torch.no_grad()
-def predict(model, store, batch_size: int = 32, split: str = "all") -> tuple:
-    """(predictions, labels) in degrees, float64, for every frame of a split of a store."""
+def predict(model, store, batch_size: int = 32, split: str = "all", mirror: bool = False) -> tuple:
+    """(predictions, labels) in degrees, float64, for every frame of a split of a store; with `mirror`, the
+    predictions for the frames mirrored left-right, negated (the angle the model reads from the mirror image)."""
     cfg = model.config
     model.eval()
     with StoreReader(store) as r:
@@ -43,7 +44,8 @@ def predict(model, store, batch_size: int = 32, split: str = "all") -> tuple:
                              f"{cfg.arch} expects {cfg.width}x{cfg.height}")
         s = r.split(split)
         images = r.images(cfg.view)
-        preds = [model(to_input(images[i:min(i + batch_size, s.stop)], cfg))[:, 0].double().numpy()
+        sign, flip = (-1.0, (-1,)) if mirror else (1.0, ())
+        preds = [sign * model(to_input(images[i:min(i + batch_size, s.stop)], cfg).flip(flip))[:, 0].double().numpy()
                  for i in tqdm(range(s.start, s.stop, batch_size), desc=drive_name(store), unit="batch",
                                leave=False)]
         angle = r.angle[s].astype(np.float64)
@@ -77,24 +79,45 @@ def metrics(pred, label, window: int = WINDOW) -> dict:
             "worst_ratio": worst["rmse"] / worst["zero_rmse"] if worst["zero_rmse"] else math.inf}
 
 
-def evaluate(model, stores, batch_size: int = 32, window: int = WINDOW) -> dict:
+def evaluate(model, stores, batch_size: int = 32, window: int = WINDOW, mirror: bool = False) -> dict:
     """{"drives": [{name, path, metrics...}], "all": pooled metrics + median/max ratio, max |bias|, per-drive
     bias mean and sample sd (None for one drive),
-    "series": {name: (pred, label)}} for a model (name, path or module) on several stores."""
+    "series": {name: (pred, label)}} for a model (name, path or module) on several stores.
+
+    With `mirror`, each drive is also read mirrored left-right (`predict(mirror=True)`) and its row gets
+    "mirror_bias" (the bias of the negated predictions on the mirrored frames) and "mirror_mean_bias" (of the
+    mean of both). A model with a fixed offset b on top of an exact left-right reading has bias r + b,
+    mirrored bias r - b and mean r: the mean keeps only what turns with the mirror."""
     model = load_model(model) if not isinstance(model, torch.nn.Module) else model
-    rows, series = [], {}
+    rows, series, mirrors = [], {}, []
     for path in tqdm(stores, desc="drives", unit="drive", disable=len(stores) < 2):
         pred, label = predict(model, path, batch_size)
         name = drive_name(path)
         series[name] = (pred, label)
         rows.append({"drive": name, "path": str(path), **metrics(pred, label, window)})
+        if mirror:
+            mirrors.append(predict(model, path, batch_size, mirror=True)[0])
+            rows[-1].update(mirror_biases(pred, mirrors[-1], label))
     pooled = metrics(np.concatenate([p for p, _ in series.values()]),
                      np.concatenate([lab for _, lab in series.values()]), window)
     ratios, biases = np.array([r["ratio"] for r in rows]), np.array([r["bias"] for r in rows])
     pooled.update(median_ratio=float(np.median(ratios)), max_ratio=float(ratios.max()),
                   max_abs_bias=float(np.abs(biases).max()), drive_bias_mean=float(biases.mean()),
                   drive_bias_sd=float(biases.std(ddof=1)) if len(rows) > 1 else None, drives=len(rows))
+    if mirror:
+        pooled.update(mirror_biases(*(np.concatenate(a) for a in ([p for p, _ in series.values()], mirrors,
+                                                                  [lab for _, lab in series.values()]))))
+        for key in ("mirror_bias", "mirror_mean_bias"):
+            b = np.array([r[key] for r in rows])
+            pooled.update({f"{key}_max_abs": float(np.abs(b).max()),
+                           f"{key}_sd": float(b.std(ddof=1)) if len(rows) > 1 else None})
     return {"drives": rows, "all": pooled, "series": series}
+
+
+def mirror_biases(pred, mirrored, label) -> dict:
+    """Mean error of the mirrored reading and of the mean of both readings (see `evaluate`)."""
+    return {"mirror_bias": float(np.mean(mirrored - label)),
+            "mirror_mean_bias": float(np.mean((pred + mirrored) / 2 - label))}
 
 
 def label_bins(edges=LABEL_EDGES) -> list:
@@ -155,6 +178,15 @@ COLUMNS = (("drive", "drive", "{}"), ("frames", "frames", "{}"), ("rmse", "RMSE 
            ("worst_ratio", "worst stretch ratio", "{:.3f}"))
 
 
+MIRROR_COLUMNS = (("mirror_bias", "mirrored bias (deg)", "{:+.2f}"),
+                  ("mirror_mean_bias", "mirror-mean bias (deg)", "{:+.2f}"))
+
+
+def columns(result: dict) -> tuple:
+    """COLUMNS, and MIRROR_COLUMNS when the drives were also read mirrored."""
+    return COLUMNS + (MIRROR_COLUMNS if "mirror_bias" in result["drives"][0] else ())
+
+
 def table_rows(result: dict) -> list:
     """Per-drive rows and a final "all" row (pooled frames)."""
     return result["drives"] + [{"drive": "all", **result["all"]}]
@@ -163,14 +195,15 @@ def table_rows(result: dict) -> list:
 def markdown(result: dict, title: str = "", by_label: list | None = None) -> str:
     """The per-drive table, the summary line and the mean error per label bin (`bias_by_label` rows; computed
     with the default edges when not given)."""
-    head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    lines = ([f"{title}", ""] if title else []) + [head, "|" + "---|" * len(COLUMNS)]
+    cols = columns(result)
+    head = "| " + " | ".join(h for _, h, _ in cols) + " |"
+    lines = ([f"{title}", ""] if title else []) + [head, "|" + "---|" * len(cols)]
     for row in table_rows(result):
-        lines.append("| " + " | ".join(f.format(row[k]) for k, _, f in COLUMNS) + " |")
+        lines.append("| " + " | ".join(f.format(row[k]) for k, _, f in cols) + " |")
     a = result["all"]
     lines += ["", f"{a['drives']} drives: median ratio {a['median_ratio']:.3f}, worst ratio {a['max_ratio']:.3f}, "
                   f"largest |bias| {a['max_abs_bias']:.2f} deg{_spread(a)} (the \"all\" row pools every frame).",
-              "", "Mean error (prediction - label, deg) per label bin, with its frames:", ""]
+              *_mirror_line(a), "", "Mean error (prediction - label, deg) per label bin, with its frames:", ""]
     rows = bias_by_label(result) if by_label is None else by_label
     return "\n".join(lines) + "\n" + by_label_markdown(rows, [r["drive"] for r in result["drives"]])
 
@@ -180,12 +213,24 @@ def _spread(a: dict) -> str:
     return "" if sd is None else f", bias per drive {a['drive_bias_mean']:+.2f} +- {sd:.2f} deg (mean +- sd)"
 
 
+def _mirror_line(a: dict) -> list:
+    """The summary of the mirrored readings, when there are any."""
+    if "mirror_bias" not in a:
+        return []
+    sd = "" if a["mirror_bias_sd"] is None else (f" (sd between drives {a['mirror_bias_sd']:.2f}, "
+                                                 f"{a['mirror_mean_bias_sd']:.2f})")
+    return ["", f"Read mirrored left-right (prediction negated): largest |bias| {a['mirror_bias_max_abs']:.2f} deg; "
+                f"the mean of both readings: {a['mirror_mean_bias_max_abs']:.2f} deg{sd}. What the mean removes, half "
+                f"of bias - mirrored bias, is an offset the mirror does not turn."]
+
+
 def csv_text(result: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([k for k, _, _ in COLUMNS])
+    cols = columns(result)
+    w.writerow([k for k, _, _ in cols])
     for row in table_rows(result):
-        w.writerow([row[k] if isinstance(row[k], str) else f"{row[k]:.6g}" for k, _, _ in COLUMNS])
+        w.writerow([row[k] if isinstance(row[k], str) else f"{row[k]:.6g}" for k, _, _ in cols])
     return buf.getvalue()
 
 
