@@ -190,6 +190,11 @@ def test_train_eval_command_writes_table_csv_plot_and_refuses_to_overwrite(tmp_p
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err and (out / "steering.md").read_bytes() == before
     assert main(args + ["--force"]) == 0
+    assert main(args + ["--force", "--mirror"]) == 0
+    rows = list(csv.DictReader(io.StringIO((out / "steering.csv").read_text())))
+    saved = json.loads((out / "steering.json").read_text())
+    assert float(rows[0]["mirror_bias"]) == pytest.approx(saved["drives"][0]["mirror_bias"], abs=1e-4)
+    assert "mirror_mean_bias_sd" in saved["all"] and "Read mirrored" in (out / "steering.md").read_text()
 
 
 def test_train_eval_bad_inputs(tmp_path, capsys):
