@@ -98,15 +98,14 @@ def evaluate(model, stores, batch_size: int = 32, window: int = WINDOW, mirror: 
         if mirror:
             mirrors.append(predict(model, path, batch_size, mirror=True)[0])
             rows[-1].update(mirror_biases(pred, mirrors[-1], label))
-    pooled = metrics(np.concatenate([p for p, _ in series.values()]),
-                     np.concatenate([lab for _, lab in series.values()]), window)
+    preds, labels = (np.concatenate(a) for a in zip(*series.values()))
+    pooled = metrics(preds, labels, window)
     ratios, biases = np.array([r["ratio"] for r in rows]), np.array([r["bias"] for r in rows])
     pooled.update(median_ratio=float(np.median(ratios)), max_ratio=float(ratios.max()),
                   max_abs_bias=float(np.abs(biases).max()), drive_bias_mean=float(biases.mean()),
                   drive_bias_sd=float(biases.std(ddof=1)) if len(rows) > 1 else None, drives=len(rows))
     if mirror:
-        pooled.update(mirror_biases(*(np.concatenate(a) for a in ([p for p, _ in series.values()], mirrors,
-                                                                  [lab for _, lab in series.values()]))))
+        pooled.update(mirror_biases(preds, np.concatenate(mirrors), labels))
         for key in ("mirror_bias", "mirror_mean_bias"):
             b = np.array([r[key] for r in rows])
             pooled.update({f"{key}_max_abs": float(np.abs(b).max()),
