@@ -26,6 +26,8 @@ from vbp_rt.data.store import StoreReader
 from vbp_rt.trainer.runlog import RunLogReader
 
 import vbp_rt
+import vbp_rt.cli
+import vbp_rt.cli.doctor
 from tests.trainer_helpers import HEIGHT, make_store, train_args
 from tests.udacity_fixtures import frame, sim_log
 from tests.viewer_helpers import write_video
@@ -234,3 +236,27 @@ os.kill(os.getpid(), signal.SIGKILL)
     (partial,) = stale_partials(tmp_path / "rec.mp4")
     assert 90 - 20 <= frames_in(partial) <= 90
     assert not (tmp_path / "rec.mp4").exists()
+
+
+@pytest.mark.parametrize("stop, code", [(vbp_rt.cli.Terminated(), 143), (KeyboardInterrupt(), 130)])
+def test_a_stop_wrapped_by_c_code_is_still_a_stop(monkeypatch, capsys, stop, code):
+    """numpy's import turns a SIGTERM that lands inside it into an ImportError raised from it: the command must
+    still report the stop and exit 128 + signal, not die with numpy's "bad install" traceback."""
+    def run(args):
+        try:
+            raise stop
+        except KeyboardInterrupt as e:
+            raise ImportError("PyCapsule_Import could not import module") from e
+
+    monkeypatch.setattr(vbp_rt.cli.doctor, "run", run)
+    assert vbp_rt.cli.main(["doctor"]) == code
+    assert "vbp doctor: " + ("terminated" if code == 143 else "interrupted") in capsys.readouterr().err
+
+
+def test_an_error_without_a_stop_behind_it_is_not_taken_for_one(monkeypatch):
+    def run(args):
+        raise ImportError("a real import error")
+
+    monkeypatch.setattr(vbp_rt.cli.doctor, "run", run)
+    with pytest.raises(ImportError, match="a real import error"):
+        vbp_rt.cli.main(["doctor"])

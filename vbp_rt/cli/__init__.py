@@ -70,6 +70,23 @@ def _silence_stdout() -> None:
         pass
 
 
+def _interruption(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind `error`, if its chain of causes holds one."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _stopped(command: str, stop: KeyboardInterrupt) -> int:
+    terminated = isinstance(stop, Terminated)
+    print(f"vbp {command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
@@ -84,9 +101,12 @@ def main(argv=None) -> int:
         print(f"vbp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated)
-        print(f"vbp {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+        return _stopped(args.command, e)
+    except Exception as e:  # an interruption inside C code (numpy's import) comes back wrapped in another error
+        stop = _interruption(e)
+        if stop is None:
+            raise
+        return _stopped(args.command, stop)
     finally:
         if handled:
             signal.signal(signal.SIGTERM, previous)
