@@ -44,8 +44,8 @@ def predict(model, store, batch_size: int = 32, split: str = "all", mirror: bool
                              f"{cfg.arch} expects {cfg.width}x{cfg.height}")
         s = r.split(split)
         images = r.images(cfg.view)
-        sign, flip = (-1.0, (-1,)) if mirror else (1.0, ())
-        preds = [sign * model(to_input(images[i:min(i + batch_size, s.stop)], cfg).flip(flip))[:, 0].double().numpy()
+        read = (lambda x: -model(x.flip(-1))) if mirror else model
+        preds = [read(to_input(images[i:min(i + batch_size, s.stop)], cfg))[:, 0].double().numpy()
                  for i in tqdm(range(s.start, s.stop, batch_size), desc=drive_name(store), unit="batch",
                                leave=False)]
         angle = r.angle[s].astype(np.float64)
