@@ -260,3 +260,27 @@ def test_an_error_without_a_stop_behind_it_is_not_taken_for_one(monkeypatch):
     monkeypatch.setattr(vbp_rt.cli.doctor, "run", run)
     with pytest.raises(ImportError, match="a real import error"):
         vbp_rt.cli.main(["doctor"])
+
+
+@pytest.mark.parametrize("lost_as", [ImportError, OSError])
+def test_a_sigterm_whose_error_c_code_replaced_is_still_a_stop(monkeypatch, capsys, lost_as):
+    """PyCapsule_Import (numpy's import of datetime) replaces a SIGTERM that lands inside it with an ImportError that
+    no longer holds it: the command must still report the stop and exit 143."""
+    def run(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at the next bytecode
+        except vbp_rt.cli.Terminated:
+            pass
+        raise lost_as('PyCapsule_Import could not import module "datetime"')  # no cause, no context
+
+    monkeypatch.setattr(vbp_rt.cli.doctor, "run", run)
+    assert vbp_rt.cli.main(["doctor"]) == 143
+    assert "vbp doctor: terminated" in capsys.readouterr().err
+
+    def fail(args):
+        raise ImportError("a real import error")
+
+    monkeypatch.setattr(vbp_rt.cli.doctor, "run", fail)
+    with pytest.raises(ImportError, match="a real import error"):  # the next run starts without that SIGTERM
+        vbp_rt.cli.main(["doctor"])

@@ -58,10 +58,6 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every command finishes or removes what it was writing."""
 
 
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def _silence_stdout() -> None:
     """Point stdout at the null device so that the interpreter's last flush does not fail again."""
     try:
@@ -91,19 +87,28 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     handled = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    previous = signal.signal(signal.SIGTERM, _terminate) if handled else None
+    received: list[Terminated] = []  # the SIGTERM this run received, if any
+
+    def terminate(signum, frame):
+        received.append(Terminated())
+        raise received[-1]
+
+    previous = signal.signal(signal.SIGTERM, terminate) if handled else None
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # the reader went away (`vbp data screen ... | head`): stop quietly, as shell tools do
         _silence_stdout()
         return 141  # 128 + SIGPIPE
     except (ValueError, OSError, MissingExtra) as e:
+        if received:  # what a SIGTERM that landed inside C code left behind
+            return _stopped(args.command, received[0])
         print(f"vbp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         return _stopped(args.command, e)
-    except Exception as e:  # an interruption inside C code (numpy's import) comes back wrapped in another error
-        stop = _interruption(e)
+    except Exception as e:  # an interruption inside C code (numpy's import) comes back wrapped in another error,
+        # or replaced by one that no longer holds it (PyCapsule_Import): a SIGTERM received before is the cause
+        stop = _interruption(e) or next(iter(received), None)
         if stop is None:
             raise
         return _stopped(args.command, stop)
