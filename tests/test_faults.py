@@ -265,7 +265,7 @@ def test_an_error_without_a_stop_behind_it_is_not_taken_for_one(monkeypatch):
 @pytest.mark.parametrize("lost_as", [ImportError, OSError])
 def test_a_sigterm_whose_error_c_code_replaced_is_still_a_stop(monkeypatch, capsys, lost_as):
     """PyCapsule_Import (numpy's import of datetime) replaces a SIGTERM that lands inside it with an ImportError that
-    no longer holds it: the command must still report the stop and exit 143."""
+    no longer holds it (other C code could leave an OSError): the command must still report the stop and exit 143."""
     def run(args):
         try:
             os.kill(os.getpid(), signal.SIGTERM)
