@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         return _stopped(args.command, e)
     except Exception as e:  # an interruption inside C code (numpy's import) comes back wrapped in another error,
         # or replaced by one that no longer holds it (PyCapsule_Import): a SIGTERM received before is the cause
-        stop = _interruption(e) or next(iter(received), None)
+        stop = _interruption(e) or (received[0] if received else None)
         if stop is None:
             raise
         return _stopped(args.command, stop)
